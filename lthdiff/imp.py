@@ -1,10 +1,11 @@
 """Iterative magnitude pruning (IMP) with rewinding: finding lottery tickets.
 
-Frankle & Carbin 2018 ("The Lottery Ticket Hypothesis", Alg. 1 / Sec. 2): train, prune the
-smallest-magnitude p% of the surviving weights, reset the survivors to their initial values
-theta_0, retrain with the mask, repeat.  Frankle et al. 2019 ("Stabilizing the Lottery Ticket
-Hypothesis" / "Linear Mode Connectivity and the LTH", Sec. 3): rewind instead to theta_k, the
-weights after k training steps ("late rewinding"), and retrain for the remaining T - k steps.
+Frankle & Carbin 2018 ("The Lottery Ticket Hypothesis", Sec. 1, steps 1-4, iterated as in
+Sec. 2): train theta_0 for j steps to theta_j, prune p% of the surviving weights by magnitude
+(mask m), reset the survivors to theta_0 (ticket f(x; m * theta_0)), retrain, repeat; after r
+rounds the sparsity is 1 - (1 - p)^r.  Frankle et al. 2019 ("Stabilizing the Lottery Ticket
+Hypothesis", arXiv 1903.01611, Sec. 3 "late resetting"): reset instead to theta_k, the weights
+after k training steps, and retrain for the remaining T - k steps (as open_lth does).
 
 Vocabulary: round 0 trains the dense model; round r >= 1 prunes the weights trained in round
 r - 1, rewinds and retrains.  Controls ("branches" in open_lth) train at the same sparsity:
@@ -227,7 +228,8 @@ def run_imp(
     init_state = {k: v.detach().cpu().clone() for k, v in unet.state_dict().items()}
     config = {
         "method": "imp", "rounds": rounds, "steps_per_round": steps_per_round,
-        "sparsity_schedule": targets, "rewind": rewind, "scope": scope,
+        "prune_per_round": None if schedule is not None else prune_per_round,
+        "sparsity_schedule": schedule, "rewind": rewind, "scope": scope,
         "allocation": allocation if isinstance(allocation, (str, type(None), list)) else repr(allocation),
         "seed": seed, "controls": list(controls), "batch_size": batch_size, "lr": lr, "ema": ema,
         "include": list(include) if include else None, "exclude": list(exclude) if exclude else None,

@@ -4,9 +4,9 @@ Unstructured pruners (:func:`magnitude`, :func:`random`) return a mask and know 
 training (open_lth's "pruning strategy").  :func:`structured` removes whole channels through
 torch-pruning and returns a physically smaller ``UNet2DModel``.
 """
-from .unstructured import magnitude, random
+from .unstructured import magnitude, random, random_like
 
-__all__ = ["magnitude", "random", "structured"]
+__all__ = ["magnitude", "random", "random_like", "structured"]
 
 
 def __getattr__(name: str):

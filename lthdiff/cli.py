@@ -1,0 +1,191 @@
+"""``lthdiff`` command line: train, imp, prune, sample, eval, report, run.
+
+Each subcommand is a thin wrapper over the library calls the notebooks use.  Under
+``accelerate launch`` the training inside every subcommand runs data-parallel.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .config import ConfigError
+
+
+def _common_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits", help="digits (offline), mnist, fashion-mnist, cifar10, flowers102, folder")
+    p.add_argument("--image-size", type=int, default=16, help="image side in pixels (default 16)")
+    p.add_argument("--data-root", default="data", help="where torchvision datasets live / download to")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lthdiff", description="Lottery tickets in diffusion models.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="the whole pipeline from a config (built-in quickstart without one)")
+    p.add_argument("config", nargs="?", help="a .toml/.json/.yaml config (see configs/); default: quickstart")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: finishes in ~2 minutes on a CPU")
+    p.add_argument("--run-dir", help="override [output] run_dir")
+    p.add_argument("--registry", help="override [output] registry (SQLite file)")
+
+    p = sub.add_parser("train", help="train a dense DDPM and save it (save_pretrained folder)")
+    _common_data(p)
+    p.add_argument("--preset", default="tiny", help="UNet preset: tiny, small, ddpm-cifar10")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (checkpoints in OUT/ckpt, model in OUT/model)")
+
+    p = sub.add_parser("imp", help="iterative magnitude pruning with rewinding")
+    _common_data(p)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--pretrained", default="", help="start from this UNet (folder or Hub id) instead of a preset")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--prune-per-round", type=float, default=0.2)
+    p.add_argument("--rewind", default="init", help="init | step:K | none")
+    p.add_argument("--steps-per-round", type=int, default=800)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--scope", default="global", choices=["global", "layer"])
+    p.add_argument("--allocation", default=None, help="uniform | erk | jiang2023 (default: global ranking)")
+    p.add_argument("--controls", default="random_reinit,random_mask", help="comma-separated; '' for none")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", required=True)
+
+    p = sub.add_parser("prune", help="one-shot prune a saved model (magnitude, random or structured)")
+    p.add_argument("model", help="a saved model folder")
+    p.add_argument("--method", default="magnitude", choices=["magnitude", "random", "structured"])
+    p.add_argument("--sparsity", type=float, default=0.9, help="fraction of eligible weights pruned (unstructured)")
+    p.add_argument("--ratio", type=float, default=0.5, help="channel pruning ratio (structured)")
+    p.add_argument("--importance", default="magnitude", help="structured: magnitude, taylor, diff_pruning, hsic")
+    p.add_argument("--scope", default="global", choices=["global", "layer"])
+    p.add_argument("--seed", type=int, default=0)
+    _common_data(p)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("sample", help="sample images from a saved model into a PNG grid (+ .pt tensor)")
+    p.add_argument("model")
+    p.add_argument("-n", type=int, default=64)
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="samples.png")
+
+    p = sub.add_parser("eval", help="FID/KID of a saved model against a dataset")
+    p.add_argument("model")
+    _common_data(p)
+    p.add_argument("-n", type=int, default=2000)
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--feature-extractor", default="auto")
+
+    p = sub.add_parser("report", help="HTML + Markdown report of a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--registry", default=None)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lthdiff`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"lthdiff {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+
+    if args.command == "run":
+        from .config import load_config, quickstart
+        from .pipeline import run_pipeline
+
+        cfg = load_config(args.config) if args.config else quickstart(quick=args.quick)
+        if args.config and args.quick:
+            from .config import quickstart as q
+
+            quick = q(quick=True)
+            cfg.train.steps, cfg.imp.rounds = quick.train.steps, min(cfg.imp.rounds, quick.imp.rounds)
+            cfg.eval.n, cfg.eval.steps = quick.eval.n, quick.eval.steps
+        if args.run_dir:
+            cfg.output.run_dir = args.run_dir
+        if args.registry:
+            cfg.output.registry = args.registry
+        run_pipeline(cfg)
+        return 0
+    if args.command == "report":
+        from .report import build
+
+        paths = build(args.run_dir, registry=args.registry)
+        print(f"report: {paths.html}\nsummary: {paths.markdown}")
+        return 0
+    if args.command == "sample":
+        import torch
+
+        from .models import load_model
+        from .sampling import image_grid, sample
+
+        imgs = sample(load_model(args.model), args.n, sampler=args.sampler, steps=args.steps, seed=args.seed)
+        image_grid(imgs, scale=4).save(args.out)
+        torch.save(imgs, Path(args.out).with_suffix(".pt"))
+        print(f"wrote {args.out}")
+        return 0
+    if args.command == "eval":
+        from .metrics import fid
+        from .models import load_model
+
+        res = fid(load_model(args.model), args.dataset, n=args.n, sampler=args.sampler, steps=args.steps,
+                  seed=args.seed, feature_extractor=args.feature_extractor, image_size=args.image_size)
+        print(res.to_dict())
+        return 0
+    ds = load_dataset(args.dataset, image_size=args.image_size, root=args.data_root)
+    if args.command == "train":
+        from .models import save_model, unet
+        from .train import train
+
+        c = ds[0].shape[0]
+        res = train(unet(args.preset, sample_size=args.image_size, in_channels=c, out_channels=c, seed=args.seed),
+                    ds, args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                    checkpoint_dir=Path(args.out) / "ckpt", log_dir=Path(args.out) / "tb")
+        save_model(res.sampling_model, Path(args.out) / "model")
+        print(f"trained {res.steps} steps; model in {Path(args.out) / 'model'}")
+        return 0
+    if args.command == "imp":
+        from .imp import run_imp
+        from .models import from_pretrained, unet
+
+        c = ds[0].shape[0]
+        model = from_pretrained(args.pretrained) if args.pretrained else unet(
+            args.preset, sample_size=args.image_size, in_channels=c, out_channels=c, seed=args.seed)
+        res = run_imp(model, ds, rounds=args.rounds, prune_per_round=args.prune_per_round, rewind=args.rewind,
+                      steps_per_round=args.steps_per_round, batch_size=args.batch_size, scope=args.scope,
+                      allocation=args.allocation, seed=args.seed, run_dir=args.run_dir,
+                      controls=tuple(c for c in args.controls.split(",") if c))
+        print(res.table().to_string(index=False))
+        return 0
+    if args.command == "prune":
+        from . import masks, pruners
+        from .models import load_model, save_model
+
+        model = load_model(args.model)
+        if args.method == "structured":
+            pruned = pruners.structured(model, args.ratio, importance=args.importance, data=ds, seed=args.seed)
+            save_model(pruned, Path(args.out) / "model")
+        else:
+            fn = pruners.magnitude if args.method == "magnitude" else pruners.random
+            kw = {"scope": args.scope} if args.method == "magnitude" else {"seed": args.seed}
+            mask = fn(model, args.sparsity, **kw)
+            masks.apply(model, mask)
+            save_model(model, Path(args.out) / "model")
+            masks.save(Path(args.out) / "mask.safetensors", mask, metadata={"method": args.method})
+        print(f"pruned model in {Path(args.out) / 'model'}")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Experiment descriptions: typed sections read from TOML/JSON/YAML with clear errors.
+
+A config names the dataset, the model, the dense training, the IMP schedule, the evaluation and
+where outputs go.  Unknown sections or keys, and values of the wrong type or outside their
+accepted set, raise :class:`ConfigError` naming the key and what is accepted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+__all__ = ["ConfigError", "Config", "load_config", "quickstart"]
+
+
+class ConfigError(ValueError):
+    """A config file has an unknown key or a bad value."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    image_size: int = 16
+    root: str = "data"
+    path: str = ""
+    augment: bool = False
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    pretrained: str = ""  # a save_pretrained folder or Hub id (e.g. google/ddpm-cifar10-32) as the dense start
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    ema: bool = True
+    checkpoint_every: int = 200
+
+
+@dataclass
+class IMPConfig:
+    rounds: int = 3
+    prune_per_round: float = 0.5
+    rewind: str = "init"
+    scope: str = "global"
+    allocation: str = "global"
+    controls: list = field(default_factory=lambda: ["random_reinit"])
+    exclude: list = field(default_factory=list)
+
+
+@dataclass
+class EvalConfig:
+    n: int = 1000
+    sampler: str = "ddim"
+    steps: int = 25
+    feature_extractor: str = "auto"
+    batch_size: int = 500
+    grid: int = 64
+
+
+@dataclass
+class OutputConfig:
+    run_dir: str = "runs/quickstart"
+    registry: str = "runs/lthdiff.db"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    imp: IMPConfig = field(default_factory=IMPConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    ("data", "name"): ("digits", "mnist", "fashion-mnist", "cifar10", "flowers102", "folder"),
+    ("model", "preset"): ("tiny", "small", "ddpm-cifar10"),
+    ("imp", "scope"): ("global", "layer"),
+    ("imp", "allocation"): ("global", "uniform", "erk", "jiang2023"),
+    ("eval", "sampler"): ("ddim", "ddpm"),
+    ("eval", "feature_extractor"): ("auto", "inception", "lthdiff-digits"),
+}
+_POSITIVE = {("train", "steps"), ("train", "batch_size"), ("eval", "n"), ("eval", "steps"), ("data", "image_size"),
+             ("eval", "batch_size"), ("train", "checkpoint_every")}
+
+
+def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
+    where = f"[{section}] {key}"
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        value = float(value)
+    elif typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+    elif typ is list or get_origin(typ) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+    choices = _CHOICES.get((section, key))
+    if choices and value not in choices:
+        raise ConfigError(f"{where} = {value!r} is not accepted; accepted: {', '.join(choices)}")
+    if (section, key) in _POSITIVE and value <= 0:
+        raise ConfigError(f"{where} must be > 0, got {value!r}")
+    return value
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from nested dicts, validating every key and value."""
+    cfg = Config()
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for section, values in raw.items():
+        if section not in sections:
+            raise ConfigError(f"unknown config section [{section}]; accepted: {', '.join(sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table of keys, got {values!r}")
+        obj = getattr(cfg, section)
+        hints = get_type_hints(type(obj))
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"unknown key [{section}] {key}; accepted: {', '.join(hints)}")
+            setattr(obj, key, _coerce(section, key, value, hints[key]))
+    if not 0 < cfg.imp.prune_per_round < 1:
+        raise ConfigError(f"[imp] prune_per_round must be in (0, 1), got {cfg.imp.prune_per_round}")
+    bad = [c for c in cfg.imp.controls if c not in ("random_reinit", "random_mask")]
+    if bad:
+        raise ConfigError(f"[imp] controls has {bad}; accepted: random_reinit, random_mask")
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a ``.toml``, ``.json`` or ``.yaml`` config file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    elif path.suffix == ".json":
+        raw = json.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:
+            raise ConfigError("YAML configs need PyYAML (pip install pyyaml); TOML needs nothing") from exc
+        raw = yaml.safe_load(text)
+    else:
+        raise ConfigError(f"unknown config format {path.suffix!r}; accepted: .toml, .json, .yaml")
+    return from_dict(raw)
+
+
+def quickstart(quick: bool = False) -> Config:
+    """The built-in experiment of ``lthdiff run``: digits, tiny UNet, 3 IMP rounds at 50%/round."""
+    cfg = Config()
+    if quick:
+        cfg.train.steps, cfg.train.batch_size, cfg.train.checkpoint_every = 40, 32, 20
+        cfg.imp.rounds = 2
+        cfg.eval.n, cfg.eval.steps, cfg.eval.grid = 200, 10, 16
+        cfg.output.run_dir = "runs/quickstart-quick"
+    return cfg

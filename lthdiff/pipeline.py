@@ -1,0 +1,118 @@
+"""The main job: dense baseline -> IMP tickets (+ controls) -> FID -> registry -> report.
+
+``lthdiff run`` and the notebooks call these functions; nothing here is notebook-only.  Every
+stage skips work whose output already exists, so an interrupted run continues where it stopped
+(training itself checkpoints inside a round).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config
+from .io import read_json, write_json
+
+__all__ = ["build_dataset", "build_model", "run_pipeline", "evaluate_run"]
+
+
+def build_dataset(cfg: Config, split: str = "train"):
+    """The training (or test) dataset a config describes."""
+    from .data import load_dataset
+
+    return load_dataset(cfg.data.name, image_size=cfg.data.image_size, split=split, root=cfg.data.root,
+                        augment=cfg.data.augment and split == "train", path=cfg.data.path or None)
+
+
+def build_model(cfg: Config, channels: int):
+    """The dense UNet a config describes: a preset, or a pretrained diffusers UNet."""
+    from .models import from_pretrained, unet
+
+    if cfg.model.pretrained:
+        return from_pretrained(cfg.model.pretrained)
+    return unet(cfg.model.preset, sample_size=cfg.data.image_size, in_channels=channels, out_channels=channels,
+                seed=cfg.model.seed)
+
+
+def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_id: int | None = None,
+                 progress: bool = True) -> list[dict[str, Any]]:
+    """FID/KID of every round's ticket and controls (EMA weights), written to ``metrics.json`` beside each.
+
+    Rounds already evaluated with the same settings are skipped, so the stage resumes.
+    """
+    from .imp import IMPResult
+    from .metrics import evaluate
+    from .sampling import image_grid, sample
+
+    result = IMPResult.load(run_dir)
+    settings = {"n": cfg.eval.n, "sampler": cfg.eval.sampler, "steps": cfg.eval.steps,
+                "feature_extractor": cfg.eval.feature_extractor, "seed": cfg.train.seed}
+    rows = []
+    for rnd in result.rounds:
+        for info in [rnd, *rnd.controls.values()]:
+            path = info.dir / "metrics.json"
+            cached = read_json(path) if path.exists() else None
+            if cached is None or cached.get("settings") != settings:
+                model = info.load_model(ema=True)
+                images = sample(model, cfg.eval.n, sampler=cfg.eval.sampler, steps=cfg.eval.steps,
+                                seed=cfg.train.seed, batch_size=cfg.eval.batch_size, progress=progress)
+                image_grid(images[: cfg.eval.grid], scale=4).save(info.dir / "samples.png")
+                res = evaluate(images, cfg.data.name, image_size=cfg.data.image_size,
+                               feature_extractor=cfg.eval.feature_extractor)
+                cached = {"settings": settings, "metrics": res.metrics, "extractor": res.extractor}
+                write_json(path, cached)
+                if registry is not None and exp_id is not None:
+                    registry.log_metrics(exp_id, rnd.round, cached["metrics"], extractor=res.extractor,
+                                         settings=settings, variant=info.variant)
+            rows.append({"round": rnd.round, "variant": info.variant, "sparsity": info.sparsity,
+                         "final_loss": info.final_loss, **cached["metrics"], "extractor": cached["extractor"]})
+    return rows
+
+
+def efficiency(run_dir: str | Path, cfg: Config) -> dict[str, Any]:
+    """Parameters, MACs and file sizes of the dense model and the last ticket -> ``efficiency.json``."""
+    from .imp import IMPResult
+    from .metrics import efficiency as E
+
+    result = IMPResult.load(run_dir)
+    shape = (1, result.rounds[0].load_model().config.in_channels, cfg.data.image_size, cfg.data.image_size)
+    rows = []
+    for rnd in result.rounds:
+        model = rnd.load_model(ema=True)
+        rows.append({"round": rnd.round, "sparsity": rnd.sparsity, **E.summary(model, shape, mask=rnd.load_mask())})
+    out = {"rows": rows}
+    write_json(Path(run_dir) / "efficiency.json", out)
+    return out
+
+
+def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Run the whole main job for ``cfg``; return paths and the metrics table."""
+    from .imp import run_imp
+    from .registry import Registry
+    from .report import build
+
+    t0 = time.perf_counter()
+    run_dir = Path(cfg.output.run_dir)
+    ds = build_dataset(cfg)
+    unet = build_model(cfg, channels=ds[0].shape[0])
+    registry = Registry(cfg.output.registry) if cfg.output.registry else None
+    print(f"[lthdiff] run dir {run_dir}; {len(ds)} images; {sum(p.numel() for p in unet.parameters()):,} parameters")
+    result = run_imp(
+        unet, ds, rounds=cfg.imp.rounds, steps_per_round=cfg.train.steps, run_dir=run_dir,
+        prune_per_round=cfg.imp.prune_per_round, rewind=cfg.imp.rewind, scope=cfg.imp.scope,
+        allocation=None if cfg.imp.allocation == "global" else cfg.imp.allocation, seed=cfg.train.seed,
+        controls=tuple(cfg.imp.controls), batch_size=cfg.train.batch_size, lr=cfg.train.lr, ema=cfg.train.ema,
+        exclude=cfg.imp.exclude or None, checkpoint_every=cfg.train.checkpoint_every, registry=registry,
+        progress=progress)
+    exp_id = registry.find_experiment(run_dir) if registry is not None else None
+    print("[lthdiff] evaluating rounds (FID/KID)")
+    rows = evaluate_run(run_dir, cfg, registry=registry, exp_id=exp_id, progress=progress)
+    efficiency(run_dir, cfg)
+    paths = build(run_dir, registry=registry)
+    write_json(run_dir / "pipeline.json", {"config": cfg.to_dict(), "seconds": time.perf_counter() - t0,
+                                           "rows": rows})
+    print(f"[lthdiff] done in {time.perf_counter() - t0:.0f} s; report: {paths.html}")
+    return {"run_dir": run_dir, "report": paths.html, "markdown": paths.markdown, "rows": rows,
+            "result": result}

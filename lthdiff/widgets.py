@@ -1,0 +1,76 @@
+"""Notebook controls: one parameter cell of ipywidgets whose values the later cells read.
+
+``params = controls(steps=(2000, 30), dataset=["digits", "mnist"])`` displays a form; later cells
+read ``params.steps``.  A pair ``(full, quick)`` picks ``quick`` when ``LTHDIFF_QUICK=1`` (CI under
+nbval), so a notebook states both its real and its quick sizes in one place.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def is_quick() -> bool:
+    """True when ``LTHDIFF_QUICK=1``: tiny sizes and few steps, for CI and smoke tests."""
+    return os.environ.get("LTHDIFF_QUICK", "0") not in ("", "0", "false", "False")
+
+
+def in_colab_or_kaggle() -> bool:
+    """True on Google Colab or Kaggle (where the first notebook cell installs lthdiff)."""
+    import sys
+
+    return "google.colab" in sys.modules or bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
+
+
+class Controls:
+    """A set of named widgets; attribute access returns each widget's current value."""
+
+    def __init__(self, widgets: dict[str, Any]) -> None:
+        object.__setattr__(self, "_widgets", widgets)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._widgets[name].value
+        except KeyError:
+            raise AttributeError(f"no control {name!r}; controls: {sorted(self._widgets)}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._widgets[name].value = value
+
+    def values(self) -> dict[str, Any]:
+        """All current values as a plain dict (to log or pass as ``**kwargs``)."""
+        return {k: w.value for k, w in self._widgets.items()}
+
+    def __repr__(self) -> str:
+        return f"Controls({self.values()})"
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+        import ipywidgets as W
+
+        display(W.VBox(list(self._widgets.values())))
+
+
+def _widget(name: str, spec: Any):
+    import ipywidgets as W
+
+    style = {"description_width": "160px"}
+    if isinstance(spec, tuple) and len(spec) == 2 and not isinstance(spec[0], (list, tuple)):
+        spec = spec[1] if is_quick() else spec[0]
+    if isinstance(spec, list):
+        return W.Dropdown(options=spec, value=spec[0], description=name, style=style)
+    if isinstance(spec, bool):
+        return W.Checkbox(value=spec, description=name, style=style)
+    if isinstance(spec, int):
+        return W.IntText(value=spec, description=name, style=style)
+    if isinstance(spec, float):
+        return W.FloatText(value=spec, description=name, style=style)
+    if isinstance(spec, str):
+        return W.Text(value=spec, description=name, style=style)
+    raise ValueError(f"control {name!r}: unsupported spec {spec!r}; use int, float, str, bool, a list of "
+                     "choices, or a (full, quick) pair")
+
+
+def controls(**spec: Any) -> Controls:
+    """Build :class:`Controls` from ``name=default`` pairs (see the module docstring)."""
+    return Controls({name: _widget(name, s) for name, s in spec.items()})

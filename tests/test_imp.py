@@ -1,0 +1,135 @@
+import pytest
+import torch
+
+from lthdiff import masks as M
+from lthdiff.imp import IMPResult, rollback, run_imp
+from lthdiff.models import load_model, unet
+
+KW = dict(block_out_channels=(8, 16, 16), norm_num_groups=4)
+
+
+def micro(seed=0):
+    return unet("tiny", seed=seed, **KW)
+
+
+def _imp(ds, run_dir, **kw):
+    args = dict(rounds=2, steps_per_round=3, prune_per_round=0.5, batch_size=16, run_dir=run_dir,
+                progress=False, checkpoint_every=2)
+    args.update(kw)
+    return run_imp(micro(), ds, **args)
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_rounds_counts_subsets_and_artefacts(tmp_path, small_digits):
+    res = _imp(small_digits, tmp_path)
+    assert [r.round for r in res.rounds] == [0, 1, 2]
+    n = sum(m.numel() for m in res.rounds[0].load_mask().values())
+    prev = None
+    for r, target in zip(res.rounds, [0.0, 0.5, 0.75]):
+        mask = r.load_mask()
+        pruned = sum(int((~m).sum()) for m in mask.values())
+        assert pruned == round(target * n)  # exact global count
+        if prev is not None:  # IMP masks only ever shrink
+            assert all(torch.all(mask[k] <= prev[k]) for k in mask)
+        # saved tickets hold exact zeros where pruned, in raw and EMA weights, after a reload
+        for ema in (False, True):
+            p = _params(r.load_model(ema=ema))
+            assert all(torch.all(p[k][~mask[k]] == 0) for k in mask)
+        prev = mask
+    assert set(res.rounds[1].controls) == {"random_reinit", "random_mask"}
+    table = res.table()
+    assert len(table) == 3 + 2 * 2
+
+
+def test_controls(tmp_path, small_digits):
+    res = _imp(small_digits, tmp_path, rounds=1)
+    ticket = res.rounds[1].load_mask()
+    reinit = res.rounds[1].controls["random_reinit"]
+    rmask = res.rounds[1].controls["random_mask"].load_mask()
+    assert all(torch.equal(ticket[k], reinit.load_mask()[k]) for k in ticket)
+    # the random mask keeps each layer's count but not the ticket's positions
+    assert all(int(ticket[k].sum()) == int(rmask[k].sum()) for k in ticket)
+    assert any(not torch.equal(ticket[k], rmask[k]) for k in ticket)
+
+
+def test_rewind_to_init_and_none(tmp_path, small_digits):
+    """With lr=0 training is the identity, so each round's weights show where it started from."""
+    init = _params(micro())
+    res = _imp(small_digits, tmp_path / "init", rounds=1, lr=0.0, ema=False, controls=())
+    mask, w = res.rounds[1].load_mask(), _params(res.rounds[1].load_model())
+    assert all(torch.equal(w[k], init[k] * mask[k]) for k in mask)
+    res = _imp(small_digits, tmp_path / "none", rounds=1, lr=0.0, ema=False, controls=(), rewind="none")
+    assert all(torch.equal(_params(res.rounds[1].load_model())[k], init[k] * mask[k]) for k in mask)
+
+
+def test_late_rewind_saves_weights_at_step_k(tmp_path, small_digits):
+    from lthdiff.train import train
+
+    _imp(small_digits, tmp_path, rounds=1, rewind="step:2", controls=(), steps_per_round=4)
+    expected = train(micro(), small_digits, 2, batch_size=16, progress=False).model
+    got = load_model(tmp_path / "rewind")
+    assert all(torch.equal(a, b) for a, b in zip(expected.state_dict().values(), got.state_dict().values()))
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, small_digits):
+    straight = _imp(small_digits, tmp_path / "a")
+
+    class Killed(Exception):
+        pass
+
+    def die(info):
+        if info.round == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _imp(small_digits, tmp_path / "b", on_round=die)
+    # also lose a half-finished round: its summary marker is gone, its checkpoints remain
+    resumed = _imp(small_digits, tmp_path / "b")
+    for a, b in zip(straight.rounds, resumed.rounds):
+        ma, mb = a.load_mask(), b.load_mask()
+        assert all(torch.equal(ma[k], mb[k]) for k in ma)
+        pa, pb = _params(a.load_model()), _params(b.load_model())
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+        assert a.final_loss == b.final_loss
+
+
+def test_extending_rounds_continues(tmp_path, small_digits):
+    _imp(small_digits, tmp_path, rounds=1, controls=())
+    res = _imp(small_digits, tmp_path, rounds=2, controls=())
+    assert len(res.rounds) == 3 and IMPResult.load(tmp_path).rounds[-1].sparsity == pytest.approx(0.75, abs=1e-4)
+
+
+def test_different_arguments_are_refused(tmp_path, small_digits):
+    _imp(small_digits, tmp_path, rounds=1, controls=())
+    with pytest.raises(ValueError, match="prune_per_round|sparsity_schedule"):
+        _imp(small_digits, tmp_path, rounds=1, controls=(), prune_per_round=0.3)
+    with pytest.raises(ValueError, match="init_digest"):
+        run_imp(micro(seed=5), small_digits, rounds=1, steps_per_round=3, prune_per_round=0.5, batch_size=16,
+                run_dir=tmp_path, controls=(), progress=False, checkpoint_every=2)
+
+
+def test_sparsity_schedule_and_bad_arguments(tmp_path, small_digits):
+    res = _imp(small_digits, tmp_path, rounds=2, sparsity_schedule=[0.3, 0.9], controls=())
+    assert [round(r.sparsity, 3) for r in res.rounds] == [0.0, 0.3, 0.9]
+    with pytest.raises(ValueError, match="rewind"):
+        _imp(small_digits, tmp_path / "x", rewind="halfway")
+    with pytest.raises(ValueError, match="controls"):
+        _imp(small_digits, tmp_path / "y", controls=("lucky",))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        _imp(small_digits, tmp_path / "z", sparsity_schedule=[0.5, 0.2])
+
+
+def test_rollback_then_continue(tmp_path, small_digits):
+    straight = _imp(small_digits, tmp_path / "a", controls=())
+    _imp(small_digits, tmp_path / "b", controls=())
+    branch = rollback(tmp_path / "b", 1)
+    assert (branch / "round_02" / "summary.json").exists()  # earlier work kept
+    assert [r.round for r in IMPResult.load(tmp_path / "b").rounds] == [0, 1]
+    again = _imp(small_digits, tmp_path / "b", controls=())
+    ma, mb = straight.rounds[2].load_mask(), again.rounds[2].load_mask()
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    with pytest.raises(ValueError, match="completed"):
+        rollback(tmp_path / "b", 7)
