@@ -287,7 +287,7 @@ def heatmap(table, value: str = "jaccard", *, backend: str = "matplotlib", title
     import matplotlib.pyplot as plt
 
     if ax is None:
-        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 1.0 + 0.32 * len(mat)))
+        fig, ax = plt.subplots(figsize=(2.5 + 0.9 * len(cols), 1.0 + 0.32 * len(mat)), layout="constrained")
     else:
         fig = ax.figure
     im = ax.imshow(mat.values.astype(float), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
@@ -300,7 +300,6 @@ def heatmap(table, value: str = "jaccard", *, backend: str = "matplotlib", title
             if not math.isnan(v):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if v < (mat.values[~_isnan(mat.values)].mean()) else "black")
-    fig.tight_layout()
     return fig
 
 

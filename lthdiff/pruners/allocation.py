@@ -339,7 +339,7 @@ def _jiang2023(L: _Layers, k: int, *, model: nn.Module, q: float = 0.01, unit: s
     alive = np.array([(L.numel[g] - L.floor[g]).sum() for g in groups], dtype=np.float64)
     # Alg. 1, line 5: module j loses (p + j*q) of what survives in it; p is the unknown.
     lo, hi = -1.0 - q * len(groups), 1.0
-    gcounts = _waterfill(lambda p: gfloor + (p + j * q * 0.5) * alive, lo, hi, gfloor, gcap, k)
+    gcounts = _waterfill(lambda p: gfloor + (p + j * q) * alive, lo, hi, gfloor, gcap, k)
     counts = L.floor.copy()
     for g, c in zip(groups, gcounts):
         # Within a module the lowest magnitudes go first, across its layers (Alg. 1 ranks per module).

@@ -1,0 +1,219 @@
+"""What a sparse ticket saves: parameters, MACs, sampling speed, memory and file size.
+
+Unstructured sparsity only saves compute on kernels that skip zeros, so MACs are reported twice:
+``dense`` (what PyTorch actually executes, from ``torch.utils.flop_counter.FlopCounterMode``) and
+``effective`` (each Conv/Linear scaled by its fraction of non-zero weights, i.e. what a
+sparse kernel would execute; attention matmuls, which have no weights, stay dense).  Wall-clock
+speed is measured on dense kernels and so does not shrink with sparsity: that gap is the point.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ["ParamCounts", "MACCount", "param_counts", "macs", "sampling_speed", "peak_memory",
+           "checkpoint_sizes", "summary"]
+
+
+class ParamCounts(NamedTuple):
+    """``total`` parameters and how many are ``nonzero``."""
+
+    total: int
+    nonzero: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1 - self.nonzero / self.total if self.total else 0.0
+
+
+def param_counts(model: nn.Module) -> ParamCounts:
+    """Total and non-zero parameter counts (all parameters: pruned weights count as zeros)."""
+    total = nonzero = 0
+    for p in model.parameters():
+        total += p.numel()
+        nonzero += int(torch.count_nonzero(p.detach()))
+    return ParamCounts(total, nonzero)
+
+
+@dataclass
+class MACCount:
+    """Multiply-accumulates of one forward pass.
+
+    ``dense``: everything executed (FlopCounterMode FLOPs / 2); ``effective``: with zero weights of
+    Conv/Linear layers skipped; ``layers_dense``/``layers_effective``: the Conv/Linear part of each;
+    ``by_layer``: {module name: (dense, effective)}.
+    """
+
+    dense: int
+    effective: int
+    layers_dense: int
+    layers_effective: int
+    by_layer: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+
+    @property
+    def reduction(self) -> float:
+        """dense / effective (how many times fewer MACs a zero-skipping kernel would need)."""
+        return self.dense / self.effective if self.effective else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _default_inputs(model: nn.Module, x: torch.Tensor) -> tuple:
+    # diffusers UNets take (sample, timestep); a mid-schedule timestep is as costly as any other
+    if hasattr(model, "config") and "sample_size" in getattr(model, "config", {}):
+        return (x, torch.tensor([500], device=x.device))
+    return (x,)
+
+
+@torch.no_grad()
+def macs(model: nn.Module, input_shape: tuple[int, ...], *, inputs: tuple | None = None) -> MACCount:
+    """Dense and effective MACs of ``model`` on one input of ``input_shape`` (batch included).
+
+    Conv/Linear MACs = output elements x (in_channels / groups x kernel area) [x in_features];
+    effective = that x the layer's fraction of non-zero weights.  Other ops (attention matmuls)
+    count dense in both.  ``inputs``: explicit forward arguments (default: a zero tensor of
+    ``input_shape``, plus a timestep for diffusers UNets).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = next(model.parameters())
+    args = inputs if inputs is not None else _default_inputs(model, torch.zeros(input_shape, device=p.device,
+                                                                                dtype=p.dtype))
+    per_layer: dict[str, tuple[int, int]] = {}
+
+    def hook(name: str):
+        def fn(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+            w = mod.weight
+            fan_in = w[0].numel()  # in/groups x kernel area for convs, in_features for Linear
+            dense = out.numel() * fan_in
+            eff = dense * int(torch.count_nonzero(w)) / w.numel()
+            d0, e0 = per_layer.get(name, (0, 0.0))
+            per_layer[name] = (d0 + dense, e0 + eff)
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+               if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    dense = counter.get_total_flops() // 2
+    layers_dense = sum(d for d, _ in per_layer.values())
+    layers_eff = sum(e for _, e in per_layer.values())
+    return MACCount(dense=int(dense), effective=int(round(dense - layers_dense + layers_eff)),
+                    layers_dense=int(layers_dense), layers_effective=int(round(layers_eff)),
+                    by_layer={k: (int(d), int(round(e))) for k, (d, e) in per_layer.items()})
+
+
+def _median_time(fn: Callable[[], Any], repeats: int, warmup: int, cuda: bool) -> float:
+    from ..bench.common import median_time
+
+    return median_time(fn, repeats=repeats, warmup=warmup, cuda=cuda)
+
+
+def sampling_speed(unet: nn.Module, *, batch_size: int = 16, steps: int = 10, sampler: str = "ddim",
+                   repeats: int = 3, warmup: int = 1) -> dict[str, float]:
+    """Sampling latency (seconds for one image, batch 1) and throughput (images/s at ``batch_size``).
+
+    Medians of ``repeats`` timed runs after ``warmup`` runs of ``steps``-step sampling on the
+    model's device; per-step figures divide by ``steps``.
+    """
+    from ..sampling import sample
+
+    cuda = next(unet.parameters()).is_cuda
+    t1 = _median_time(lambda: sample(unet, 1, sampler=sampler, steps=steps, progress=False), repeats, warmup, cuda)
+    tb = _median_time(lambda: sample(unet, batch_size, sampler=sampler, steps=steps, batch_size=batch_size,
+                                     progress=False), repeats, warmup, cuda)
+    return {"latency_s": t1, "latency_s_per_step": t1 / steps, "throughput_img_per_s": batch_size / tb,
+            "batch_size": batch_size, "steps": steps}
+
+
+def _rss_peak_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_rss_peak() -> bool:
+    try:  # Linux >= 4.0: writing 5 resets the peak resident set size (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory(fn: Callable[[], Any], *, cuda: bool | None = None) -> dict[str, Any]:
+    """Peak memory while running ``fn()``: CPU resident set (bytes) and CUDA max allocated (bytes).
+
+    The CPU peak is the process's VmHWM, reset before ``fn`` where Linux allows it
+    (``cpu_peak_is_process_lifetime`` says when it could not be, e.g. macOS: then it is ru_maxrss).
+    """
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    reset = _reset_rss_peak()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    fn()
+    out: dict[str, Any] = {"cuda_max_allocated_bytes": None}
+    if cuda:
+        torch.cuda.synchronize()
+        out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    rss = _rss_peak_bytes()
+    if rss is None:
+        import resource
+        import sys
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        reset = False
+    out.update(cpu_peak_rss_bytes=rss, cpu_peak_is_process_lifetime=not reset)
+    return out
+
+
+def checkpoint_sizes(model: nn.Module, mask: Mapping[str, torch.Tensor], *, fp16: bool = False) -> dict[str, Any]:
+    """Bytes of the dense fp32 safetensors of ``model`` vs its compressed ticket, and their ratio."""
+    from safetensors.torch import save_file
+
+    from .compress import save_compressed
+
+    with tempfile.TemporaryDirectory() as d:
+        dense = Path(d) / "dense.safetensors"
+        save_file({k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu()
+                   for k, v in model.state_dict().items()}, str(dense))
+        ticket = save_compressed(Path(d) / "ticket.safetensors", model, mask, fp16=fp16)
+        dense_b, ticket_b = dense.stat().st_size, ticket.stat().st_size
+    return {"dense_fp32_bytes": dense_b, "compressed_bytes": ticket_b, "compression_ratio": dense_b / ticket_b,
+            "fp16": fp16}
+
+
+def summary(model: nn.Module, input_shape: tuple[int, ...], mask: Mapping[str, torch.Tensor] | None = None, *,
+            speed: bool = False) -> dict[str, Any]:
+    """Flat dict of parameters, MACs and checkpoint sizes (and sampling speed with ``speed=True``).
+
+    ``mask`` defaults to all prunable weights kept (:func:`lthdiff.masks.ones`).
+    """
+    from .. import masks as M
+
+    mask = M.ones(model) if mask is None else mask
+    pc, mc = param_counts(model), macs(model, input_shape)
+    out: dict[str, Any] = {"params_total": pc.total, "params_nonzero": pc.nonzero, "macs_dense": mc.dense,
+                           "macs_effective": mc.effective, "macs_reduction": mc.reduction}
+    out.update({k: v for k, v in checkpoint_sizes(model, mask).items() if k != "fp16"})
+    if speed:
+        out.update(sampling_speed(model))
+    return out

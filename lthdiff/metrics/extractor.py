@@ -1,0 +1,143 @@
+"""The offline feature extractor "lthdiff-digits": a small CNN digit classifier for FID/KID/PRC.
+
+Inception-v3 (Heusel et al. 2017) needs ~100 MB of weights from the internet and sees 16x16 digits
+upsampled 19x; for the embedded digits set we instead use the penultimate layer (64 dims) of a
+classifier trained on the digits train split, the MNIST-FID practice of using a domain classifier's
+features.  Weights (~200 KB) live in the repository (``data/``) and ship with the package.
+Scores from different extractors are not comparable; every result names its extractor.
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+__all__ = ["NAME", "FEATURES", "IMAGE_SIZE", "DigitsNet", "DigitsFeatureExtractor", "weights_path",
+           "weights_digest", "load_net", "register"]
+
+NAME = "lthdiff-digits"
+FEATURES = "64"  # penultimate layer: the features FID/KID/PRC use
+IMAGE_SIZE = 16
+_FILE = "digits_extractor.safetensors"
+_REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "data" / _FILE
+_PACKAGE_WEIGHTS = Path(__file__).resolve().parent / _FILE
+
+
+class DigitsNet(nn.Module):
+    """3 conv layers + 2 linear layers on 1x16x16 images in [-1, 1]; 48k parameters."""
+
+    def __init__(self, features: int = int(FEATURES), classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
+        self.fc1 = nn.Linear(32 * 4 * 4, features)
+        self.fc2 = nn.Linear(features, classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate activations (N, 64) of float images (N, 1, 16, 16) in [-1, 1]."""
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv3(x)), 2)
+        return F.relu(self.fc1(x.flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.features(x))
+
+
+def weights_path() -> Path:
+    """The committed weights: the repository's ``data/`` copy if present, else the packaged copy."""
+    for p in (_REPO_WEIGHTS, _PACKAGE_WEIGHTS):
+        if p.exists():
+            return p
+    raise FileNotFoundError(f"digits extractor weights not found at {_REPO_WEIGHTS} or {_PACKAGE_WEIGHTS}; "
+                            "recreate them with `python -m lthdiff.metrics.train_extractor`")
+
+
+@lru_cache(maxsize=8)
+def _digest(path: str, mtime: float) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def weights_digest(path: str | Path | None = None) -> str:
+    """Short SHA-256 of a weights file, so cached reference statistics change with the weights."""
+    p = Path(path) if path is not None else weights_path()
+    return _digest(str(p), p.stat().st_mtime)
+
+
+def load_net(path: str | Path | None = None) -> DigitsNet:
+    """A :class:`DigitsNet` with the committed (or given) weights, in eval mode."""
+    from ..io import load_tensors
+
+    state, _ = load_tensors(path if path is not None else weights_path())
+    net = DigitsNet(features=state["fc1.weight"].shape[0])
+    net.load_state_dict(state)
+    return net.eval().requires_grad_(False)
+
+
+def to_input(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, 1 or 3, H, W) -> float (N, 1, 16, 16) in [-1, 1] (RGB to luma, bilinear resize)."""
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"{NAME} expects uint8 images (N, 1 or 3, H, W), got {x.dtype} {tuple(x.shape)}")
+    x = x.float() / 127.5 - 1
+    if x.shape[1] == 3:  # ITU-R BT.601 luma, as PIL's convert("L")
+        x = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
+        x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+class DigitsFeatureExtractor(FeatureExtractorBase):
+    """torch-fidelity wrapper of :class:`DigitsNet`: features ``"64"`` (penultimate) and ``"logits"``."""
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
+                 **kwargs) -> None:
+        super().__init__(name, features_list)
+        self.net = load_net(feature_extractor_weights_path)
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return FEATURES, "logits"
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return {"isc": "logits", "fid": FEATURES, "kid": FEATURES, "prc": FEATURES}[metric]
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> torch.Tensor:
+        return torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feats = self.net.features(to_input(x))
+        out = {FEATURES: feats, "logits": None}
+        if "logits" in self.features_list:
+            out["logits"] = self.net.fc2(feats)
+        return tuple(out[f] for f in self.features_list)
+
+
+def register() -> str:
+    """Register :class:`DigitsFeatureExtractor` with torch-fidelity as ``"lthdiff-digits"``; idempotent.
+
+    torch-fidelity refuses a second registration of a name, which a re-run notebook cell (or an
+    ``importlib.reload``) would trigger, so the registry is checked first; a stale class from a
+    reloaded module is replaced, a foreign extractor of the same name is an error.
+    """
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+    existing = FEATURE_EXTRACTORS_REGISTRY.get(NAME)
+    if existing is None:
+        register_feature_extractor(NAME, DigitsFeatureExtractor)
+    elif existing is not DigitsFeatureExtractor:
+        if existing.__module__ != DigitsFeatureExtractor.__module__:
+            raise ValueError(f"torch-fidelity already has a feature extractor {NAME!r} from {existing.__module__}")
+        FEATURE_EXTRACTORS_REGISTRY[NAME] = DigitsFeatureExtractor
+    return NAME

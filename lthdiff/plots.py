@@ -1,0 +1,231 @@
+"""Figures shared by notebooks and reports: loss curves, sparsity-vs-metric curves, per-block
+sparsity heatmaps and sample-grid panels (matplotlib), plus PNG/base64 export.
+
+Every function draws into ``ax`` when given, else into a new pyplot figure (so ``%matplotlib
+inline`` shows it), and returns the ``matplotlib.figure.Figure``.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = ["loss_curve", "sparsity_curve", "sparsity_heatmap", "image_panels", "to_png", "data_uri", "close"]
+
+# Frankle & Carbin plot tickets against the percentage of weights remaining on a log axis
+_REMAINING = "weights remaining (%)"
+
+
+def _axes(ax: Any, figsize: tuple[float, float]):
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return fig, ax
+
+
+def _smooth(values: Sequence[float], window: int) -> list[float]:
+    """Trailing moving average (window clipped at the start), so curve and raw losses align by step."""
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def loss_curve(losses: Mapping[str, Sequence[float]] | Sequence[float], *, smooth: int | None = None,
+               ax: Any = None, title: str = "training loss", logy: bool = True):
+    """Training loss per step for one run or ``{label: losses}``: raw (faint) and moving average.
+
+    ``smooth``: moving-average window in steps (default: 1/50 of the longest run, at least 1).
+    """
+    if not isinstance(losses, Mapping):
+        losses = {"loss": losses}
+    series = {str(k): [float(x) for x in v] for k, v in losses.items()}
+    if not series or not any(series.values()):
+        raise ValueError("loss_curve needs at least one non-empty loss sequence")
+    longest = max(len(v) for v in series.values())
+    window = smooth if smooth is not None else max(1, longest // 50)
+    if window < 1:
+        raise ValueError(f"smooth must be a window of >= 1 steps, got {smooth!r}")
+    fig, ax = _axes(ax, (6.5, 3.6))
+    for i, (label, values) in enumerate(series.items()):
+        if not values:
+            continue
+        color = f"C{i % 10}"
+        steps = range(1, len(values) + 1)
+        if window > 1:
+            ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+        ax.plot(steps, _smooth(values, window), color=color, label=label, linewidth=1.5)
+    if logy and all(v > 0 for vs in series.values() for v in vs):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss" + (f" (moving average over {window} steps)" if window > 1 else ""))
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def sparsity_curve(table: Any, metric: str, *, by: str | None = "variant", ax: Any = None,
+                   title: str | None = None, remaining: bool = True, lower_is_better: bool | None = None):
+    """``metric`` against sparsity, one line per ``by`` group (ticket and controls).
+
+    ``table``: a DataFrame with a ``sparsity`` column (fraction pruned) and ``metric`` column, e.g.
+    :meth:`lthdiff.imp.IMPResult.table` or :meth:`lthdiff.registry.Registry.metrics`.
+    ``remaining=True`` plots the percentage of weights remaining on a reversed log axis, as
+    Frankle & Carbin 2019 (Fig. 1, 3) do; False plots sparsity (%) linearly.
+    """
+    for col in ("sparsity", metric, *([by] if by else [])):
+        if col not in table.columns:
+            raise ValueError(f"table has no column {col!r}; columns: {list(table.columns)}")
+    fig, ax = _axes(ax, (5.5, 3.6))
+    groups = [(None, table)] if by is None else list(table.groupby(by, sort=False))
+    # the ticket gets a bold line, controls thinner dashed ones
+    for i, (label, g) in enumerate(groups):
+        g = g.dropna(subset=[metric, "sparsity"]).sort_values("sparsity")
+        if g.empty:
+            continue
+        x = 100 * (1 - g["sparsity"]) if remaining else 100 * g["sparsity"]
+        ticket = label in (None, "ticket")
+        ax.plot(x, g[metric], marker="o", markersize=4, color=f"C{i % 10}", label=label,
+                linewidth=2 if ticket else 1.2, linestyle="-" if ticket else "--")
+    if remaining:
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        from matplotlib.ticker import FuncFormatter
+
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        ax.set_xlabel(_REMAINING)
+    else:
+        ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel(metric + ("" if lower_is_better is None else " (lower is better)" if lower_is_better
+                            else " (higher is better)"))
+    ax.set_title(title or f"{metric} vs sparsity")
+    if by is not None and len(groups) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def sparsity_heatmap(matrix: Any, *, ax: Any = None, title: str = "sparsity per block", cmap: str = "viridis",
+                     vmin: float | None = 0.0, vmax: float | None = 1.0, annotate: bool | None = None,
+                     label: str = "sparsity"):
+    """Heatmap of a DataFrame: rows (e.g. UNet blocks, input side on top) x columns (e.g. rounds).
+
+    Cells are annotated with their value when the matrix is small (<= 300 cells) or ``annotate``.
+    """
+    import numpy as np
+
+    values = np.asarray(matrix.values, dtype=float)
+    if values.size == 0:
+        raise ValueError("sparsity_heatmap got an empty matrix")
+    rows, cols = [str(i) for i in matrix.index], [str(c) for c in matrix.columns]
+    fig, ax = _axes(ax, (2.8 + 0.75 * len(cols) + 0.06 * max(map(len, rows)), 1.2 + 0.3 * len(rows)))
+    im = ax.imshow(values, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xticks(range(len(cols)), cols, rotation=45 if max(map(len, cols)) > 4 else 0,
+                  ha="right" if max(map(len, cols)) > 4 else "center")
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label=label)
+    if annotate if annotate is not None else values.size <= 300:
+        lo = np.nanmin(values) if vmin is None else vmin
+        hi = np.nanmax(values) if vmax is None else vmax
+        mid = (lo + hi) / 2
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                v = values[i, j]
+                if not math.isnan(v):
+                    # viridis is dark at the low end: white text there, black on the bright end
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if v < mid else "black")
+    return fig
+
+
+def _as_image(img: Any):
+    """PIL image from a path, a PIL image, an (H,W[,C]) array or a uint8 (N,C,H,W)/(C,H,W) tensor."""
+    from PIL import Image
+
+    if isinstance(img, Image.Image):
+        return img
+    if isinstance(img, (str, os.PathLike)):
+        with Image.open(img) as im:
+            return im.copy()
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch = None
+    if torch is not None and isinstance(img, torch.Tensor):
+        if img.dim() == 4:
+            from .sampling import image_grid
+
+            return image_grid(img)
+        if img.dim() == 3:
+            img = img.permute(1, 2, 0)
+        img = img.detach().cpu().numpy()
+    import numpy as np
+
+    arr = np.asarray(img)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.dtype != np.uint8:
+        raise ValueError(f"image arrays must be uint8 (0..255), got dtype {arr.dtype}")
+    return Image.fromarray(arr)
+
+
+def image_panels(images: Mapping[str, Any], *, ncols: int | None = None, title: str | None = None,
+                 panel_size: float = 3.0):
+    """Several images (sample grids) side by side with titles: ``{title: image}``.
+
+    Images may be PIL images, paths to PNGs, uint8 arrays, or uint8 sample tensors (N,C,H,W),
+    which are tiled with :func:`lthdiff.sampling.image_grid`.
+    """
+    import matplotlib.pyplot as plt
+
+    if not images:
+        raise ValueError("image_panels needs at least one image")
+    n = len(images)
+    ncols = ncols or min(n, 4)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * nrows + 0.4 * bool(title)),
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (name, img) in zip(axes.flat, images.items()):
+        pil = _as_image(img)
+        ax.imshow(pil, cmap="gray" if pil.mode in ("L", "1") else None, interpolation="nearest")
+        ax.set_title(str(name), fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def to_png(fig: Any, *, dpi: int = 100) -> bytes:
+    """The PNG bytes of a matplotlib figure."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def data_uri(png: bytes | str | os.PathLike | Any) -> str:
+    """A ``data:image/png;base64,...`` URI from PNG bytes, a PNG file, or a matplotlib figure."""
+    if isinstance(png, (str, os.PathLike)):
+        png = Path(png).read_bytes()
+    elif not isinstance(png, (bytes, bytearray)):
+        png = to_png(png)
+    return "data:image/png;base64," + base64.b64encode(bytes(png)).decode("ascii")
+
+
+def close(fig: Any) -> None:
+    """Release a pyplot figure (reports draw many; pyplot keeps them alive otherwise)."""
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -1,0 +1,414 @@
+"""Reports of an IMP run directory: one self-contained HTML page and a Markdown summary.
+
+``build(run_dir)`` reads what :func:`lthdiff.imp.run_imp` wrote (``config.json``, every
+``round_XX/summary.json``, masks, ``losses.json``, controls, and, when present, ``metrics.json``,
+``samples.png`` and ``run_dir/efficiency.json``) and writes ``report.html`` (figures embedded as
+base64 PNGs, inline CSS, no JavaScript, so it opens offline and survives being e-mailed) and
+``report.md`` (the same tables, for a README or a lab notebook).  Nothing is retrained or sampled:
+the report only reads files, so it can be rebuilt at any time.
+
+Command line: ``python -m lthdiff.report RUN_DIR [--registry runs/lthdiff.db]``.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from . import masks as M
+from . import plots
+from .io import atomic_path, read_json
+
+__all__ = ["ReportPaths", "build", "results_table", "wide_table", "block_sparsity", "read_metrics",
+           "screenshot", "main"]
+
+# Block order for heatmaps: the way data flows through a UNet (input side on top), not the order
+# diffusers registers modules in (it registers up_blocks before mid_block).
+_INPUT_SIDE = ("time_proj", "time_embedding", "class_embedding", "add_embedding", "conv_in")
+_STAGE_RANK = {"down": 1, "mid": 2, "up": 3}
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where :func:`build` wrote the report."""
+
+    html: Path
+    markdown: Path
+
+
+# ------------------------------------------------------------------------------ tables
+def read_metrics(directory: str | os.PathLike) -> dict[str, float]:
+    """Numeric metrics in ``directory/metrics.json``: either ``{metric: value}`` or
+    ``{"metrics": {metric: value}, "settings": ..., "extractor": ...}`` (as the pipeline writes)."""
+    path = Path(directory) / "metrics.json"
+    if not path.exists():
+        return {}
+    data = read_json(path)
+    if isinstance(data, Mapping) and isinstance(data.get("metrics"), Mapping):
+        data = data["metrics"]
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path} must hold a JSON object {{metric: value}}, got {type(data).__name__}")
+    return {str(k): float(v) for k, v in data.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _load(run: Any):
+    from .imp import IMPResult
+
+    return run if isinstance(run, IMPResult) else IMPResult.load(run)
+
+
+def results_table(run: Any):
+    """Long table of a run (directory or :class:`~lthdiff.imp.IMPResult`): one row per round and
+    variant (``ticket`` first, then controls) with ``sparsity``, ``final_loss`` and any metrics."""
+    import pandas as pd
+
+    rows = []
+    for r in _load(run).rounds:
+        for info in [r, *r.controls.values()]:
+            rows.append({"round": r.round, "variant": info.variant, "sparsity": info.sparsity,
+                         "final_loss": info.final_loss, **read_metrics(info.dir)})
+    return pd.DataFrame(rows)
+
+
+def wide_table(long: Any):
+    """One row per round: ``sparsity`` then ``"<value> (<variant>)"`` columns, ticket first.
+
+    ``long`` is :func:`results_table`'s output; values are ``final_loss`` then metrics in the
+    order first seen.
+    """
+    import pandas as pd
+
+    if long.empty:
+        return pd.DataFrame(columns=["round", "sparsity"])
+    values = [c for c in long.columns if c not in ("round", "variant", "sparsity")]
+    variants = list(dict.fromkeys(["ticket", *long["variant"]]))
+    out = long[long["variant"] == "ticket"][["round", "sparsity"]].drop_duplicates("round")
+    out = out.set_index("round")
+    for value in values:
+        for variant in variants:
+            col = long[long["variant"] == variant].set_index("round")[value]
+            if col.notna().any():
+                out[f"{value} ({variant})"] = col
+    return out.reset_index()
+
+
+def _flow_key(block: str) -> tuple[int, int]:
+    if block in _INPUT_SIDE:
+        return (0, _INPUT_SIDE.index(block))
+    stage = M.stage_of(block + ".x")
+    if stage in _STAGE_RANK:
+        parts = block.split(".")
+        index = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        return (_STAGE_RANK[stage], index)
+    return (4, 0)
+
+
+def block_sparsity(run: Any, variant: str = "ticket"):
+    """Sparsity (fraction pruned) per UNet block (rows, input side first) and round (columns),
+    computed from each round's saved mask with :func:`lthdiff.masks.report` (``by="block"``)."""
+    import pandas as pd
+
+    cols = {}
+    for r in _load(run).rounds:
+        info = r if variant == "ticket" else r.controls.get(variant)
+        if info is None or not info.mask_path.exists():
+            continue
+        rep = M.report(info.load_mask(), by="block")
+        cols[r.round] = rep.set_index("block")["sparsity"]
+    if not cols:
+        return pd.DataFrame()
+    df = pd.DataFrame(cols)
+    order = sorted(df.index, key=lambda b: (_flow_key(b), list(df.index).index(b)))
+    return df.loc[order]
+
+
+# ------------------------------------------------------------------------------ formatting
+def _fmt(value: Any, column: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if column == "sparsity" and isinstance(value, (int, float)):
+        return f"{100 * value:.1f}%"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        if value == int(value) and abs(value) < 1e15:
+            return f"{int(value):,}" if abs(value) >= 10_000 else str(int(value))
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _cells(df: Any) -> list[list[str]]:
+    return [[_fmt(_py(v), str(c)) for c, v in zip(df.columns, row)] for row in df.itertuples(index=False)]
+
+
+def _py(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v
+
+
+def _md_table(df: Any) -> str:
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", " ")
+
+    head = [esc(str(c)) for c in df.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in _cells(df)]
+    return "\n".join(lines)
+
+
+def _html_table(df: Any, cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in _cells(df))
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _config_frame(config: Mapping[str, Any]):
+    import pandas as pd
+
+    return pd.DataFrame({"setting": list(config), "value": [_fmt(v) for v in config.values()]})
+
+
+def _efficiency_frame(run_dir: Path):
+    import pandas as pd
+
+    path = run_dir / "efficiency.json"
+    if not path.exists():
+        return None
+    data = read_json(path)
+    if isinstance(data, Mapping) and isinstance(data.get("rows"), list):
+        data = data["rows"]
+    if isinstance(data, list):
+        return pd.DataFrame([d for d in data if isinstance(d, Mapping)])
+    if isinstance(data, Mapping):
+        return pd.DataFrame({"quantity": list(data), "value": list(data.values())})
+    raise ValueError(f"{path} must hold a JSON object or a list of rows, got {type(data).__name__}")
+
+
+# ------------------------------------------------------------------------------ figures
+def _figure(fig: Any, alt: str) -> str:
+    uri = plots.data_uri(plots.to_png(fig))
+    plots.close(fig)
+    return f'<figure><img src="{uri}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+def _figures(result: Any, long: Any, blocks: Any) -> list[tuple[str, str]]:
+    """(section title, HTML) for each figure of the report."""
+    out = []
+    metric_cols = [c for c in long.columns if c not in ("round", "variant", "sparsity")]
+    if len(long["round"].unique()) > 1:
+        curves = "".join(_figure(plots.sparsity_curve(long, m), f"{m} vs weights remaining") for m in metric_cols)
+        out.append(("Sparsity vs metrics", curves))
+    if not blocks.empty:
+        sp = {r.round: r.sparsity for r in result.rounds}
+        mat = blocks.copy()
+        mat.columns = [f"r{c} ({sp[c]:.0%})" for c in mat.columns]
+        out.append(("Sparsity per block", _figure(plots.sparsity_heatmap(
+            mat, title="fraction of weights pruned per UNet block (ticket)"), "per-block sparsity by round")))
+    losses = {f"round {r.round} ({r.sparsity:.0%})": read_json(r.dir / "losses.json")
+              for r in result.rounds if (r.dir / "losses.json").exists()}
+    losses = {k: v for k, v in losses.items() if isinstance(v, list) and v}
+    if losses:
+        figs = _figure(plots.loss_curve(losses, title="training loss of each round's ticket"), "ticket losses")
+        last = result.rounds[-1]
+        ctrl = {name: read_json(c.dir / "losses.json") for name, c in last.controls.items()
+                if (c.dir / "losses.json").exists()}
+        if ctrl and (last.dir / "losses.json").exists():
+            ctrl = {"ticket": read_json(last.dir / "losses.json"), **ctrl}
+            figs += _figure(plots.loss_curve(ctrl, title=f"round {last.round}: ticket vs controls"),
+                            f"round {last.round} losses, ticket and controls")
+        out.append(("Training loss", figs))
+    return out
+
+
+def _samples_html(result: Any) -> str:
+    variants = list(dict.fromkeys(["ticket", *(n for r in result.rounds for n in r.controls)]))
+    rows = []
+    for r in result.rounds:
+        infos = {"ticket": r, **r.controls}
+        cells = []
+        for v in variants:
+            p = infos[v].dir / "samples.png" if v in infos else None
+            cells.append(f'<td><img class="samples" src="{plots.data_uri(p)}" alt="round {r.round} {v} samples"></td>'
+                         if p is not None and p.exists() else "<td>–</td>")
+        if any(c != "<td>–</td>" for c in cells):
+            rows.append(f"<tr><th>round {r.round}<br>{r.sparsity:.1%}</th>{''.join(cells)}</tr>")
+    if not rows:
+        return ""
+    head = "<th></th>" + "".join(f"<th>{html.escape(v)}</th>" for v in variants)
+    return f'<table class="samples"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;
+     padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+.meta{color:#666;font-size:.9em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right;vertical-align:top}
+th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
+table.config td{text-align:left;max-width:760px;word-break:break-word;font-family:ui-monospace,monospace}
+figure{display:inline-block;margin:.5em 1em .5em 0} figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#666;font-size:.85em}
+img.samples{width:160px;image-rendering:pixelated}
+table.samples td,table.samples th{text-align:center}
+"""
+
+
+# ------------------------------------------------------------------------------ build
+def build(run_dir: str | os.PathLike, *, registry: Any = None, out_dir: str | os.PathLike | None = None,
+          title: str | None = None) -> ReportPaths:
+    """Write ``report.html`` and ``report.md`` for the IMP run in ``run_dir`` (to ``out_dir``,
+    default ``run_dir/report``); atomically, so a reader never sees half a report.
+
+    ``registry``: a :class:`lthdiff.registry.Registry` or a database path; the report is
+    recorded there and linked to the run's experiment (if the run is registered).
+    """
+    run_dir = Path(run_dir)
+    result = _load(run_dir)
+    if not result.rounds:
+        raise ValueError(f"{run_dir} has no completed round (no round_XX/summary.json); nothing to report")
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+    title = title or f"IMP report: {run_dir.resolve().name}"
+    long = results_table(result)
+    wide = wide_table(long)
+    blocks = block_sparsity(result)
+    eff = _efficiency_frame(run_dir)
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    from . import __version__
+
+    meta = (f"run directory <code>{html.escape(str(run_dir.resolve()))}</code> · {len(result.rounds)} rounds · "
+            f"generated {created} by lthdiff {__version__}")
+    sections = [("Results", "<p>One row per round: overall sparsity of the ticket and the final training "
+                 "loss (mean of the last steps) and metrics of the ticket and its controls.</p>"
+                 + _html_table(wide, "results"))]
+    sections += _figures(result, long, blocks)
+    if not blocks.empty:
+        tbl = blocks.copy()
+        tbl.columns = [f"round {c}" for c in tbl.columns]
+        sections.append(("Sparsity per block (table)",
+                         "<details><summary>show</summary>" + _html_table(tbl.reset_index(names="block"), "blocks")
+                         + "</details>"))
+    samples = _samples_html(result)
+    if samples:
+        sections.append(("Samples", samples))
+    if eff is not None and not eff.empty:
+        sections.append(("Efficiency", _html_table(eff, "efficiency")))
+    sections.append(("Configuration", _html_table(_config_frame(result.config), "config")))
+    body = "".join(f"<section><h2>{html.escape(h)}</h2>{content}</section>" for h, content in sections)
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
+            f'<body><h1>{html.escape(title)}</h1><p class="meta">{meta}</p>{body}</body></html>\n')
+
+    md = [f"# {title}", "", f"Run directory `{run_dir.resolve()}`, {len(result.rounds)} rounds, generated "
+          f"{created} by lthdiff {__version__}. Figures and samples: `report.html`.", "",
+          "## Results", "", _md_table(wide), ""]
+    if not blocks.empty:
+        tbl = blocks.copy()
+        tbl.columns = [f"round {c}" for c in tbl.columns]
+        md += ["## Sparsity per block", "", _md_table(tbl.reset_index(names="block")), ""]
+    if eff is not None and not eff.empty:
+        md += ["## Efficiency", "", _md_table(eff), ""]
+    md += ["## Configuration", "", _md_table(_config_frame(result.config)), ""]
+
+    paths = ReportPaths(html=out_dir / "report.html", markdown=out_dir / "report.md")
+    with atomic_path(paths.html) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    with atomic_path(paths.markdown) as tmp:
+        tmp.write_text("\n".join(md), encoding="utf-8")
+    if registry is not None:
+        _register(registry, run_dir, title, paths.html)
+    return paths
+
+
+def _register(registry: Any, run_dir: Path, title: str, path: Path) -> None:
+    from .registry import Registry
+
+    reg = registry if isinstance(registry, Registry) else Registry(registry)
+    try:
+        exp = reg.find_experiment(run_dir)
+        reg.add_report(title, path, [exp] if exp is not None else [])
+    finally:
+        if reg is not registry:
+            reg.close()
+
+
+# ------------------------------------------------------------------------------ screenshot
+_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def screenshot(html_path: str | os.PathLike, png: str | os.PathLike, *, width: int = 1200, height: int = 2400,
+               timeout: float = 180.0) -> Path | None:
+    """Render ``html_path`` in headless Chromium to ``png`` (``width`` x ``height`` pixels).
+
+    Returns the PNG path, or None (with a message on stderr) when no Chromium/Chrome is installed
+    (``apt-get install chromium``).  Used to check that a report renders, and for previews.
+    """
+    exe = next((p for p in map(shutil.which, _BROWSERS) if p), None)
+    if exe is None:
+        print(f"lthdiff.report.screenshot: no browser found (looked for {', '.join(_BROWSERS)}); "
+              "install one, e.g. `apt-get install chromium`", file=sys.stderr)
+        return None
+    html_path = Path(html_path).resolve()
+    if not html_path.exists():
+        raise FileNotFoundError(f"no such file: {html_path}")
+    png = Path(png)
+    with tempfile.TemporaryDirectory(prefix="lthdiff-chromium-") as work:
+        # Chromium picks the image format from the extension, so render beside the profile, then
+        # move it into place atomically
+        shot = Path(work) / "screenshot.png"
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--hide-scrollbars", f"--user-data-dir={Path(work) / 'profile'}", f"--screenshot={shot}",
+               f"--window-size={width},{height}", html_path.as_uri()]
+        try:
+            err = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stderr
+        except subprocess.TimeoutExpired as exc:
+            # headless Chromium sometimes lingers after writing the screenshot; the file decides
+            err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr or "")
+        if not shot.exists() or shot.stat().st_size == 0:
+            lines = [ln for ln in err.splitlines() if "dbus" not in ln]  # dbus noise is harmless
+            raise RuntimeError(f"{exe} wrote no screenshot of {html_path}; its output:\n" + "\n".join(lines[-20:]))
+        with atomic_path(png) as tmp:
+            shutil.copyfile(shot, tmp)
+    return png
+
+
+# ------------------------------------------------------------------------------ CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lthdiff.report RUN_DIR``: build the report, print where it is; 0 on success, 2 on error."""
+    ap = argparse.ArgumentParser(prog="python -m lthdiff.report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", help="IMP run directory (holds config.json and round_XX/)")
+    ap.add_argument("--registry", default=None, help="SQLite registry to record the report in")
+    ap.add_argument("--out-dir", default=None, help="where to write report.html/report.md (default RUN_DIR/report)")
+    ap.add_argument("--title", default=None)
+    ap.add_argument("--screenshot", default=None, metavar="PNG", help="also render the page to PNG with Chromium")
+    args = ap.parse_args(argv)
+    try:
+        paths = build(args.run_dir, registry=args.registry, out_dir=args.out_dir, title=args.title)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"lthdiff report: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {paths.html}\nsummary: {paths.markdown}")
+    if args.screenshot:
+        shot = screenshot(paths.html, args.screenshot)
+        if shot is not None:
+            print(f"screenshot: {shot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
