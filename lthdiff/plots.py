@@ -28,6 +28,16 @@ def _axes(ax: Any, figsize: tuple[float, float]):
     return fig, ax
 
 
+def _readable_log_axis(axis: Any, lo: float, hi: float) -> None:
+    """Plain numbers (0.2, 0.5, 1 rather than 2x10^-1) on a log axis, 1-2-5 ticks per decade."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    subs = (1.0, 2.0, 5.0) if hi / lo > 3 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FormatStrFormatter("%.3g"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _smooth(values: Sequence[float], window: int) -> list[float]:
     """Trailing moving average (window clipped at the start), so curve and raw losses align by step."""
     out, acc = [], 0.0
@@ -63,8 +73,10 @@ def loss_curve(losses: Mapping[str, Sequence[float]] | Sequence[float], *, smoot
         if window > 1:
             ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
         ax.plot(steps, _smooth(values, window), color=color, label=label, linewidth=1.5)
-    if logy and all(v > 0 for vs in series.values() for v in vs):
+    flat = [v for vs in series.values() for v in vs]
+    if logy and min(flat) > 0:
         ax.set_yscale("log")
+        _readable_log_axis(ax.yaxis, min(flat), max(flat))
     ax.set_xlabel("step")
     ax.set_ylabel("loss" + (f" (moving average over {window} steps)" if window > 1 else ""))
     ax.set_title(title)
@@ -88,6 +100,7 @@ def sparsity_curve(table: Any, metric: str, *, by: str | None = "variant", ax: A
             raise ValueError(f"table has no column {col!r}; columns: {list(table.columns)}")
     fig, ax = _axes(ax, (5.5, 3.6))
     groups = [(None, table)] if by is None else list(table.groupby(by, sort=False))
+    groups.sort(key=lambda g: g[0] not in (None, "ticket"))  # ticket first: colour C0 in every figure
     # the ticket gets a bold line, controls thinner dashed ones
     for i, (label, g) in enumerate(groups):
         g = g.dropna(subset=[metric, "sparsity"]).sort_values("sparsity")
@@ -98,12 +111,20 @@ def sparsity_curve(table: Any, metric: str, *, by: str | None = "variant", ax: A
         ax.plot(x, g[metric], marker="o", markersize=4, color=f"C{i % 10}", label=label,
                 linewidth=2 if ticket else 1.2, linestyle="-" if ticket else "--")
     if remaining:
+        from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullLocator
+
         ax.set_xscale("log")
         ax.invert_xaxis()
-        from matplotlib.ticker import FuncFormatter
-
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        # ticks at the measured densities: IMP's geometric schedule spaces them evenly on a log axis
+        ticks: list[float] = []
+        for v in sorted((v for v in 100 * (1 - table["sparsity"].dropna()) if v > 0), reverse=True):
+            if not ticks or v < ticks[-1] / 1.05:  # near-equal densities (controls) would overprint
+                ticks.append(v)
+        if len(ticks) > 12:
+            ticks = ticks[:: math.ceil(len(ticks) / 12)]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel(_REMAINING)
     else:
         ax.set_xlabel("sparsity (%)")
@@ -211,7 +232,8 @@ def image_panels(images: Mapping[str, Any], *, ncols: int | None = None, title: 
 def to_png(fig: Any, *, dpi: int = 100) -> bytes:
     """The PNG bytes of a matplotlib figure."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    # no bbox_inches="tight": our figures use constrained layout, and tight bbox doubles render time
+    fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
 
 

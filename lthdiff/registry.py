@@ -339,7 +339,8 @@ class Registry:
         for name, value in metrics.items():
             value = _number(value, f"metric {name!r} of round {round} ({variant})")
             db.execute(
-                "INSERT INTO evaluation_metric (experiment_id, round, name, value, extractor, settings, variant, logged) "
+                "INSERT INTO evaluation_metric "
+                "(experiment_id, round, name, value, extractor, settings, variant, logged) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (experiment_id, round, variant, name, extractor, settings) "
                 "DO UPDATE SET value = excluded.value, logged = excluded.logged",

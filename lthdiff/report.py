@@ -73,9 +73,13 @@ def results_table(run: Any):
     variant (``ticket`` first, then controls) with ``sparsity``, ``final_loss`` and any metrics."""
     import pandas as pd
 
+    result = _load(run)
+    order = list(result.config.get("controls") or [])  # controls in the order the run listed them
     rows = []
-    for r in _load(run).rounds:
-        for info in [r, *r.controls.values()]:
+    for r in result.rounds:
+        controls = sorted(r.controls.values(), key=lambda c: (order.index(c.variant) if c.variant in order
+                                                              else len(order), c.variant))
+        for info in [r, *controls]:
             rows.append({"round": r.round, "variant": info.variant, "sparsity": info.sparsity,
                          "final_loss": info.final_loss, **read_metrics(info.dir)})
     return pd.DataFrame(rows)
@@ -179,7 +183,16 @@ def _html_table(df: Any, cls: str = "") -> str:
 def _config_frame(config: Mapping[str, Any]):
     import pandas as pd
 
-    return pd.DataFrame({"setting": list(config), "value": [_fmt(v) for v in config.values()]})
+    def clean(v: Any) -> Any:
+        # diffusers' bookkeeping keys (_class_name, _use_default_values...) are noise in a report,
+        # and so are 17-digit floats
+        if isinstance(v, Mapping):
+            return {k: clean(x) for k, x in v.items() if not str(k).startswith("_")}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return float(f"{v:.4g}") if isinstance(v, float) else v
+
+    return pd.DataFrame({"setting": list(config), "value": [_fmt(clean(v)) for v in config.values()]})
 
 
 def _efficiency_frame(run_dir: Path):
@@ -192,7 +205,9 @@ def _efficiency_frame(run_dir: Path):
     if isinstance(data, Mapping) and isinstance(data.get("rows"), list):
         data = data["rows"]
     if isinstance(data, list):
-        return pd.DataFrame([d for d in data if isinstance(d, Mapping)])
+        df = pd.DataFrame([d for d in data if isinstance(d, Mapping)])
+        first = [c for c in ("round", "variant", "sparsity") if c in df.columns]
+        return df[first + [c for c in df.columns if c not in first]]
     if isinstance(data, Mapping):
         return pd.DataFrame({"quantity": list(data), "value": list(data.values())})
     raise ValueError(f"{path} must hold a JSON object or a list of rows, got {type(data).__name__}")
@@ -209,9 +224,22 @@ def _figures(result: Any, long: Any, blocks: Any) -> list[tuple[str, str]]:
     """(section title, HTML) for each figure of the report."""
     out = []
     metric_cols = [c for c in long.columns if c not in ("round", "variant", "sparsity")]
-    if len(long["round"].unique()) > 1:
-        curves = "".join(_figure(plots.sparsity_curve(long, m), f"{m} vs weights remaining") for m in metric_cols)
-        out.append(("Sparsity vs metrics", curves))
+    if len(long["round"].unique()) > 1 and metric_cols:
+        import matplotlib.pyplot as plt
+
+        # one figure with a panel per metric: one render instead of several
+        ncols = min(3, len(metric_cols))
+        nrows = math.ceil(len(metric_cols) / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.3 * nrows), squeeze=False,
+                                 layout="constrained")
+        for ax in axes.flat[len(metric_cols):]:
+            ax.axis("off")
+        for ax, m in zip(axes.flat, metric_cols):
+            plots.sparsity_curve(long, m, ax=ax)
+        caption = "metrics vs weights remaining (log axis)"
+        if long["variant"].nunique() > 1:
+            caption += "; ticket solid, controls dashed"
+        out.append(("Sparsity vs metrics", _figure(fig, caption)))
     if not blocks.empty:
         sp = {r.round: r.sparsity for r in result.rounds}
         mat = blocks.copy()
@@ -222,20 +250,28 @@ def _figures(result: Any, long: Any, blocks: Any) -> list[tuple[str, str]]:
               for r in result.rounds if (r.dir / "losses.json").exists()}
     losses = {k: v for k, v in losses.items() if isinstance(v, list) and v}
     if losses:
-        figs = _figure(plots.loss_curve(losses, title="training loss of each round's ticket"), "ticket losses")
+        import matplotlib.pyplot as plt
+
+        def axes():  # two loss plots fit side by side in the page
+            return plt.subplots(figsize=(5.2, 3.4), layout="constrained")[1]
+
+        figs = _figure(plots.loss_curve(losses, title="training loss of each round's ticket", ax=axes()),
+                       "ticket losses")
         last = result.rounds[-1]
         ctrl = {name: read_json(c.dir / "losses.json") for name, c in last.controls.items()
                 if (c.dir / "losses.json").exists()}
         if ctrl and (last.dir / "losses.json").exists():
             ctrl = {"ticket": read_json(last.dir / "losses.json"), **ctrl}
-            figs += _figure(plots.loss_curve(ctrl, title=f"round {last.round}: ticket vs controls"),
+            figs += _figure(plots.loss_curve(ctrl, title=f"round {last.round}: ticket vs controls", ax=axes()),
                             f"round {last.round} losses, ticket and controls")
         out.append(("Training loss", figs))
     return out
 
 
 def _samples_html(result: Any) -> str:
-    variants = list(dict.fromkeys(["ticket", *(n for r in result.rounds for n in r.controls)]))
+    variants = [v for v in dict.fromkeys(["ticket", *(n for r in result.rounds for n in r.controls)])
+                if any((({"ticket": r, **r.controls}[v].dir / "samples.png").exists()) for r in result.rounds
+                       if v == "ticket" or v in r.controls)]
     rows = []
     for r in result.rounds:
         infos = {"ticket": r, **r.controls}
@@ -260,7 +296,8 @@ h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-b
 table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right;vertical-align:top}
 th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
-table.config td{text-align:left;max-width:760px;word-break:break-word;font-family:ui-monospace,monospace}
+table.config td,table.config th{text-align:left;max-width:760px;word-break:break-word}
+table.config td{font-family:ui-monospace,monospace}
 figure{display:inline-block;margin:.5em 1em .5em 0} figure img{max-width:100%;border:1px solid #eee}
 figcaption{color:#666;font-size:.85em}
 img.samples{width:160px;image-rendering:pixelated}

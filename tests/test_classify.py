@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import Subset
 
 from lthdiff import classify as C
-from lthdiff.imp import IMPResult, run_imp
+from lthdiff.imp import run_imp
 from lthdiff.models import load_model, save_model
 from lthdiff.train import train
 
@@ -156,7 +156,7 @@ def test_resume_extending_rounds_equals_straight_run(tmp_path, small8):
             assert all(torch.equal(pa[k], pb[k]) for k in pa)
 
 
-def test_imp_accuracy_table(tmp_path, small8, digits8):
+def test_imp_accuracy_table(tmp_path, small8):
     res = _imp(small8, tmp_path)
     test = Subset(C.load_labelled("digits", image_size=8, split="test"), range(50))
     df = C.imp_accuracy(res, test, device="cpu")
@@ -202,3 +202,26 @@ def test_bad_inputs(small8, digits8, micro_unet):
         C.output_rate_allocation(model, prune_per_round=0.5, factor=2.0)
     with pytest.raises(ValueError, match="accepted"):
         C.load_labelled("imagenet")
+
+
+def test_bench_summary_finds_where_the_ticket_keeps_dense_accuracy():
+    from lthdiff.bench.classic import summarize
+
+    acc = {  # (round, variant) -> accuracy of seeds 0 and 1
+        (0, "ticket"): (0.90, 0.90),
+        (1, "ticket"): (0.91, 0.91), (1, "random_reinit"): (0.80, 0.82), (1, "random_mask"): (0.90, 0.88),
+        (2, "ticket"): (0.89, 0.89), (2, "random_reinit"): (0.70, 0.70), (2, "random_mask"): (0.60, 0.60),
+        (3, "ticket"): (0.95, 0.95), (3, "random_reinit"): (0.70, 0.70), (3, "random_mask"): (0.60, 0.60),
+    }
+    remaining = {0: 1.0, 1: 0.8, 2: 0.64, 3: 0.512}
+    rows = [{"seed": s, "round": r, "variant": v, "sparsity": 1 - remaining[r], "remaining": remaining[r],
+             "accuracy": a[s]} for (r, v), a in acc.items() for s in (0, 1)]
+    table, f = summarize(rows)
+    assert [t["round"] for t in table] == [0, 1, 2, 3]
+    assert f["threshold_%"] == pytest.approx(89.5)  # dense std is 0, so the 0.5 pt floor applies
+    # round 2 falls below the threshold, so round 3's recovery does not count
+    assert f["ticket_keeps_dense_round"] == 1 and f["ticket_keeps_dense_down_to_remaining_%"] == pytest.approx(80)
+    assert f["random_reinit_keeps_dense_down_to_remaining_%"] == pytest.approx(100)
+    assert f["gap_to_random_reinit_pt"]["mean"] == pytest.approx(10)
+    assert f["gap_to_random_reinit_pt"]["std"] == pytest.approx(math.sqrt(2))
+    assert f["best_ticket"]["round"] == 3

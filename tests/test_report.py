@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import subprocess
@@ -66,14 +67,19 @@ def _markdown_section(md: str, heading: str) -> list[str]:
     return [ln for ln in lines if ln.startswith("|")]
 
 
-def test_report_html_and_markdown(run_dir, tmp_path):
-    paths = build(run_dir, out_dir=tmp_path / "rep")
-    assert paths.html == tmp_path / "rep" / "report.html" and paths.markdown.exists()
+@pytest.fixture(scope="module")
+def report(run_dir, tmp_path_factory):
+    return build(run_dir, out_dir=tmp_path_factory.mktemp("rep"))
+
+
+def test_report_html_and_markdown(run_dir, report):
+    paths = report
+    assert paths.html.name == "report.html" and paths.markdown.exists()
     page = paths.html.read_text()
     # self-contained: no external resources, every image inline and a valid PNG
     assert not re.search(r'(src|href)="(https?:|//|file:)', page) and "<script" not in page
     images = re.findall(r'<img[^>]+src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) >= 2 + 2 + 3  # curves (final_loss, fid, kid), heatmap, losses, 3 sample grids
+    assert len(images) == 1 + 1 + 2 + 3  # metric curves, block heatmap, two loss plots, 3 sample grids
     assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
     assert 'class="results"' in page and "fid (random_reinit)" in page and "Efficiency" in page
 
@@ -88,16 +94,14 @@ def test_report_html_and_markdown(run_dir, tmp_path):
     assert len(rows) == len(SPARSITY)  # a row per round
     for r, row in enumerate(rows):
         cells = [c.strip() for c in row.strip("|").split("|")]
-        summary = (run_dir / f"round_{r:02d}" / "summary.json").read_text()
-        import json
-
-        s = json.loads(summary)
+        s = json.loads((run_dir / f"round_{r:02d}" / "summary.json").read_text())
         assert cells[0] == str(r) and cells[1] == f"{100 * s['sparsity']:.1f}%"
         assert float(cells[header.index("final_loss (ticket)")]) == pytest.approx(s["final_loss"], rel=1e-3)
         assert float(cells[header.index("fid (ticket)")]) == 50.0 - 10 * r
         # round 0 has no controls
         assert (cells[header.index("fid (random_reinit)")] == "–") == (r == 0)
     assert len(_markdown_section(md, "Efficiency")) == 2 + len(SPARSITY)
+    assert len(_markdown_section(md, "Sparsity per block")) == 2 + len(block_sparsity(run_dir))
 
 
 def test_block_heatmap_data_matches_masks(run_dir):
@@ -114,22 +118,21 @@ def test_block_heatmap_data_matches_masks(run_dir):
     assert (blocks[0] == 0).all() and blocks[2].mean() > blocks[1].mean() > 0.1
 
 
-def test_report_is_registered_once_and_linked(run_dir, tmp_path):
+def test_cli_builds_registers_and_rejects_a_non_run(run_dir, tmp_path, capsys):
     db = tmp_path / "reg.db"
     with Registry(db) as reg:
         m = reg.get_or_create_model("UNet2DModel", {"preset": "tiny"})
         d = reg.get_or_create_dataset("digits", image_size=16)
         exp = reg.start_experiment(m, d, "imp", run_dir=run_dir)
-        p1 = build(run_dir, registry=reg, out_dir=tmp_path / "out")
-        build(run_dir, registry=str(db), out_dir=tmp_path / "out")  # a path works too; rebuild updates
+    assert main([str(run_dir), "--out-dir", str(tmp_path / "cli"), "--registry", str(db)]) == 0
+    out = capsys.readouterr().out
+    html_path = tmp_path / "cli" / "report.html"
+    assert f"report: {html_path}" in out and (tmp_path / "cli" / "report.md").exists()
+    with Registry(db) as reg:
         reports = reg.reports()
     assert len(reports) == 1
-    assert reports.loc[0, "path"] == str(p1.html.resolve()) and reports.loc[0, "experiment_ids"] == [exp]
+    assert reports.loc[0, "path"] == str(html_path.resolve()) and reports.loc[0, "experiment_ids"] == [exp]
 
-
-def test_cli_writes_report_and_rejects_a_non_run(run_dir, tmp_path, capsys):
-    assert main([str(run_dir), "--out-dir", str(tmp_path / "cli")]) == 0
-    assert "report:" in capsys.readouterr().out and (tmp_path / "cli" / "report.md").exists()
     assert main([str(tmp_path / "nowhere")]) == 2
     assert "no config.json" in capsys.readouterr().err
     proc = subprocess.run([sys.executable, "-m", "lthdiff.report", "--help"], capture_output=True, text=True)
@@ -149,13 +152,18 @@ def test_report_without_optional_files(run_dir, tmp_path):
 
 @pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
                     reason="headless Chromium not installed")
-def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+def test_report_renders_in_headless_chromium(report, tmp_path):
     from PIL import Image
 
-    paths = build(run_dir, out_dir=tmp_path / "shot")
-    png = screenshot(paths.html, tmp_path / "report.png", width=1000, height=1600)
+    png = screenshot(report.html, tmp_path / "report.png", width=1000, height=1600)
     assert png is not None
     with Image.open(png) as im:
         assert im.size == (1000, 1600)
         # a rendered page is not blank: many distinct colours (text, tables, figures)
         assert len(im.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50
+
+
+def test_screenshot_without_browser_returns_none(report, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no browser on an empty PATH
+    assert screenshot(report.html, tmp_path / "x.png") is None
+    assert "apt-get install chromium" in capsys.readouterr().err and not (tmp_path / "x.png").exists()

@@ -5,8 +5,8 @@ For each target sparsity (default 90 % and 95 %), allocation rule (``uniform``, 
 the same geometric schedule ``1 - (1 - target)^(r/R)`` over ``--rounds`` rounds, rewinding to
 5 % of training as Jiang et al. 2023 (Sec. 3) do, and reports for the final ticket: the mean
 training loss of its last steps, a held-out loss (same noise for every ticket), effective MACs
-(each conv/linear counted at its weight density) and, with ``--n-fid`` and
-:mod:`lthdiff.metrics`, FID.  The dense round 0 is trained once per seed and shared by all rules.
+(:func:`lthdiff.metrics.efficiency.macs`: each conv/linear counted at its weight density) and,
+with ``--n-fid``, FID (:func:`lthdiff.metrics.fid`, offline digits extractor).  The dense round 0 is trained once per seed and shared by all rules.
 """
 from __future__ import annotations
 
@@ -23,51 +23,6 @@ import torch.nn as nn
 from .common import markdown_table, write_results
 
 RULES = ("uniform", "global", "jiang2023", "erk")
-
-
-@torch.no_grad()
-def effective_macs(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> tuple[float, float]:
-    """``(dense, effective)`` multiply-accumulates of one forward pass of a UNet on one image.
-
-    Dense MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2, attention
-    matmuls included via the math SDPA backend); each conv/linear then counts only its nonzero weights (a sparse kernel's
-    ideal cost).  ``input_shape`` defaults to ``(1, in_channels, size, size)`` from the UNet config.
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    if input_shape is None:
-        cfg = model.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-        input_shape = (1, cfg.in_channels, size, size)
-    p = next(model.parameters())
-    x = torch.zeros(input_shape, device=p.device, dtype=p.dtype)
-    t = torch.zeros(input_shape[0], device=p.device, dtype=torch.long)
-    per_layer: list[tuple[float, float]] = []
-
-    def hook(module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-        w = module.weight
-        if isinstance(module, nn.Linear):
-            macs = out.numel() * module.in_features
-        else:  # _ConvNd: every output element costs in_channels/groups * kernel size
-            macs = out.numel() * (w.shape[1] * w[0, 0].numel())
-        per_layer.append((float(macs), float((w != 0).float().mean())))
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules()
-             if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
-    was_training = model.training
-    model.eval()
-    try:
-        # The math backend decomposes attention into bmm's, which FlopCounterMode counts (fused CPU kernels: 0).
-        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
-            model(x, t)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    dense = fc.get_total_flops() / 2
-    saved = sum(m * (1 - d) for m, d in per_layer)
-    return dense, dense - saved
 
 
 @torch.no_grad()
@@ -89,13 +44,11 @@ def heldout_loss(model: nn.Module, dataset, batches: int = 4, batch_size: int = 
     return statistics.mean(losses)
 
 
-def _fid(model: nn.Module, n: int, seed: int) -> float | None:
-    """FID against digits through :mod:`lthdiff.metrics` when it exists (None otherwise)."""
-    try:
-        from ..metrics import fid
-    except ImportError:
-        return None
-    return float(fid(model, "digits", n=n, seed=seed))
+def _fid(model: nn.Module, n: int, seed: int) -> float:
+    """FID of ``n`` DDIM samples against the digits training set (:func:`lthdiff.metrics.fid`)."""
+    from ..metrics import fid
+
+    return float(fid(model, "digits", n=n, seed=seed, progress=False))
 
 
 def _schedule(target: float, rounds: int) -> list[float]:
@@ -104,6 +57,7 @@ def _schedule(target: float, rounds: int) -> list[float]:
 
 def run_one(args: argparse.Namespace, target: float, rule: str, seed: int, ds, test) -> dict[str, Any]:
     from ..imp import run_imp
+    from ..metrics.efficiency import macs
     from ..models import unet
 
     root = Path(args.out) / "runs" / "layerwise"
@@ -127,7 +81,9 @@ def run_one(args: argparse.Namespace, target: float, rule: str, seed: int, ds, t
             shutil.copytree(run_dir / "rewind", shared / "rewind", dirs_exist_ok=True)
     final = res.final
     trained = final.load_model(ema=False).to(args.device)
-    dense_macs, eff_macs = effective_macs(trained)
+    cfg = trained.config
+    count = macs(trained, (1, cfg.in_channels, cfg.sample_size, cfg.sample_size))
+    dense_macs, eff_macs = count.dense, count.effective
     row = {"target": target, "rule": rule, "seed": seed, "sparsity": final.sparsity,
            "final_loss": final.final_loss, "test_loss": heldout_loss(trained, test),
            "dense_macs": dense_macs, "macs": eff_macs, "macs_frac": eff_macs / dense_macs}

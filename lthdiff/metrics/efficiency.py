@@ -9,7 +9,6 @@ speed is measured on dense kernels and so does not shrink with sparsity: that ga
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
@@ -72,6 +71,17 @@ def _default_inputs(model: nn.Module, x: torch.Tensor) -> tuple:
     return (x,)
 
 
+def _sdpa_flops(q: torch.Size, k: torch.Size, v: torch.Size, *args: Any, out_shape: Any = None,
+                **kwargs: Any) -> int:
+    """FLOPs of softmax(QK^T)V: the two batched matmuls, as FlopCounterMode counts CUDA attention."""
+    *batch, s_q, d = q
+    s_k, d_v = k[-2], v[-1]
+    b = 1
+    for x in batch:
+        b *= x
+    return 2 * b * s_q * s_k * (d + d_v)
+
+
 @torch.no_grad()
 def macs(model: nn.Module, input_shape: tuple[int, ...], *, inputs: tuple | None = None) -> MACCount:
     """Dense and effective MACs of ``model`` on one input of ``input_shape`` (batch included).
@@ -83,6 +93,10 @@ def macs(model: nn.Module, input_shape: tuple[int, ...], *, inputs: tuple | None
     """
     from torch.utils.flop_counter import FlopCounterMode
 
+    # FlopCounterMode knows the CUDA attention kernels but not the CPU flash kernel that
+    # F.scaled_dot_product_attention dispatches to on CPU, which it would silently count as 0
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    custom = {cpu_sdpa: _sdpa_flops} if cpu_sdpa is not None else {}
     p = next(model.parameters())
     args = inputs if inputs is not None else _default_inputs(model, torch.zeros(input_shape, device=p.device,
                                                                                 dtype=p.dtype))
@@ -103,7 +117,7 @@ def macs(model: nn.Module, input_shape: tuple[int, ...], *, inputs: tuple | None
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=custom) as counter:
             model(*args)
     finally:
         for h in handles:

@@ -63,6 +63,8 @@ def train(epochs: int = 20, *, seed: int = 0, batch_size: int = 64, lr: float = 
                 opt.step()
                 sched.step()
         net.eval()
+        with torch.no_grad():
+            net.scale.fill_(1.0 / net.features(tr.tensors).pow(2).mean().sqrt())
         summary = {"train_accuracy": accuracy(net, tr.tensors, tr.labels),
                    "test_accuracy": accuracy(net, te.tensors, te.labels),
                    "n_train": len(tr.tensors), "n_test": len(te.tensors), "epochs": epochs, "seed": seed,
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
     net, summary = train(args.epochs, seed=args.seed)
     meta = {**{k: v for k, v in summary.items() if k != "seconds"}, "architecture": "DigitsNet",
-            "features": "penultimate fc1 (64, post-ReLU)", "image_size": IMAGE_SIZE}
+            "features": "penultimate fc1 (64, post-ReLU, times scale: unit mean square on train)",
+            "image_size": IMAGE_SIZE}
     for path in args.out:
         save_tensors(path, net.state_dict(), meta)
         print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB)")

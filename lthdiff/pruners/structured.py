@@ -19,13 +19,18 @@ The sinusoidal time embedding has ``block_out_channels[0]`` features.  Pruning l
 
 MACs: a conv between two pruned levels costs ``(1-r)^2`` of its dense MACs, so MACs fall by about
 ``1 - (1-r)^2`` (r=0.3 -> ~51 %, r=0.5 -> ~75 %), less where rounding to the GroupNorm multiple
-keeps channels.  :func:`ratio_for_macs` finds the ratio for a target reduction.
+keeps channels.  :func:`ratio_for_macs` finds a uniform ratio, or one ratio per level, for a target
+reduction; :func:`pruned_config` and :func:`macs` give the structure and its cost without pruning.
 """
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import math
 import numbers
+import sys
+import types
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -122,8 +127,12 @@ def pruned_config(unet_or_config: Any, ratio: float | Sequence[float], *,
 
     ``ratio`` is torch-pruning's ``pruning_ratio``: the fraction of channels removed at every level
     (or one fraction per ``block_out_channels`` entry).  Kept widths are rounded to the nearest
-    multiple of the GroupNorm group count.  ``time_embedding_ratio`` prunes the time-embedding MLP
-    (default: ``ratio`` when it is a single float, else 0).
+    multiple of the GroupNorm group count.  A down block's first ResNet has a 1x1 shortcut conv
+    exactly when its level is wider or narrower than the previous one, so adjacent levels of equal
+    width must keep equal widths (else ValueError), and adjacent levels of different widths that
+    round to the same width are moved one GroupNorm step apart (up if there is room).
+    ``time_embedding_ratio`` prunes the time-embedding MLP (default: ``ratio`` when it is a single
+    float, else 0).
     """
     cfg = _config(unet_or_config)
     _check_supported(cfg)
@@ -133,7 +142,7 @@ def pruned_config(unet_or_config: Any, ratio: float | Sequence[float], *,
         time_embedding_ratio = 0.0 if isinstance(ratio, Sequence) else ratios[0]
     t_ratio = _ratios(time_embedding_ratio, 1)[0]
     units = _units(cfg)
-    new_boc = [_keep(c, r, u) for c, r, u in zip(boc, ratios, units)]
+    new_boc = _legalize(boc, [_keep(c, r, u) for c, r, u in zip(boc, ratios, units)], units)
     # Keep the surviving sinusoid frequencies identical: exponent_i = -ln(1e4) i / (half - freq_shift).
     shift = cfg.get("freq_shift", 0) - (boc[0] // 2 - new_boc[0] // 2)
     cfg.update(block_out_channels=tuple(new_boc), freq_shift=shift,
@@ -141,45 +150,84 @@ def pruned_config(unet_or_config: Any, ratio: float | Sequence[float], *,
     return cfg
 
 
+def _runs(boc: Sequence[int]) -> list[list[int]]:
+    """Consecutive levels of equal width (identity shortcuts between them)."""
+    runs: list[list[int]] = []
+    for i, c in enumerate(boc):
+        if runs and boc[runs[-1][0]] == c:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def _legalize(boc: Sequence[int], widths: list[int], units: Sequence[int]) -> list[int]:
+    """Keep the pattern of equal / different adjacent widths (it decides which shortcut convs exist)."""
+    runs = _runs(boc)
+    for run in runs:
+        if len({widths[i] for i in run}) > 1:
+            raise ValueError(f"levels {run} share the width {boc[run[0]]} (identity shortcuts between them), so "
+                             f"they must keep equal widths; got {[widths[i] for i in run]} from the ratios given")
+    for prev, run in zip(runs, runs[1:]):
+        w, c = widths[run[0]], boc[run[0]]
+        if w == widths[prev[0]]:
+            unit = math.lcm(*(units[i] for i in run))
+            w = w + unit if w + unit <= c else w - unit
+            if w < unit:
+                raise ValueError(f"levels {prev} and {run} would both keep {widths[prev[0]]} channels, which "
+                                 "removes a shortcut conv; use a smaller ratio")
+            for i in run:
+                widths[i] = w
+    return widths
+
+
 def macs(unet_or_config: Any, batch_size: int = 1) -> int:
-    """Multiply-accumulates of one forward pass (convs, linears, attention matmuls) at ``sample_size``.
+    """Dense multiply-accumulates of one forward pass at ``sample_size`` (convs, linears, attention).
 
-    Counted with ``torch.utils.flop_counter`` on a meta-device copy (no memory, no weights): FLOPs / 2.
+    :func:`lthdiff.metrics.efficiency.macs` on an uninitialised CPU model built from the config, so a
+    bare config works and the global RNG is untouched.
     """
-    from diffusers import UNet2DModel
-    from torch.utils.flop_counter import FlopCounterMode
-
     cfg = _config(unet_or_config)
+    return _macs(json.dumps(cfg, sort_keys=True, default=str), batch_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _macs(cfg_json: str, batch_size: int) -> int:
+    from diffusers import UNet2DModel
+
+    from ..metrics.efficiency import macs as count
+
+    cfg = json.loads(cfg_json)
     size = cfg["sample_size"] if isinstance(cfg["sample_size"], int) else cfg["sample_size"][0]
     with torch.device("meta"):
         model = UNet2DModel(**cfg)
-        x = torch.zeros(batch_size, cfg["in_channels"], size, size)
-        t = torch.zeros(batch_size, dtype=torch.long)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x, t)
-    return int(counter.get_total_flops()) // 2
+    model = model.to_empty(device="cpu")  # meta kernels are ~100x slower than running the small model
+    return count(model, (batch_size, cfg["in_channels"], size, size)).dense
 
 
-def ratio_for_macs(unet_or_config: Any, reduction: float, *, time_embedding_ratio: float | None = None,
-                   tol: float = 1e-3) -> float:
-    """Smallest uniform ``ratio`` whose pruned structure has at least ``reduction`` fewer MACs (bisection).
+def ratio_for_macs(unet_or_config: Any, reduction: float, *, per_level: bool = False,
+                   time_embedding_ratio: float | None = None, tol: float = 1e-3,
+                   slack: float = 0.02) -> float | list[float]:
+    """The pruning ratio whose structure removes ``reduction`` of the MACs (a fraction in (0, 1)).
 
-    MACs fall in steps (widths are multiples of the GroupNorm groups), so the achieved reduction
-    is reported by ``1 - macs(pruned_config(..., ratio)) / macs(...)`` and may exceed the target.
+    Uniform (default): the smallest single ``ratio`` reaching at least ``reduction``, by bisection.
+    Widths move in GroupNorm steps, so on small UNets it can overshoot a lot (tiny: 36 / 64 / 74 %
+    for 30 / 50 / 70 %).  ``per_level=True``: one ratio per level, searched over every combination
+    of widths (MACs are a quadratic polynomial of the widths, fitted exactly from a few counts);
+    among the structures whose reduction is within ``slack`` of the closest one reachable it
+    returns the most uniform (smallest spread of per-level ratios).  The time-embedding MLP keeps its width
+    unless ``time_embedding_ratio`` is given.  Check: ``1 - macs(pruned_config(unet, r)) / macs(unet)``.
     """
     if isinstance(reduction, bool) or not isinstance(reduction, numbers.Real) or not 0 < reduction < 1:
         raise ValueError(f"reduction must be a fraction of MACs removed in (0, 1), got {reduction!r}")
     cfg = _config(unet_or_config)
     dense = macs(cfg)
-    cache: dict[tuple, float] = {}
 
-    def achieved(r: float) -> float:
-        new = pruned_config(cfg, r, time_embedding_ratio=time_embedding_ratio)
-        key = (new["block_out_channels"], new["time_embedding_dim"])
-        if key not in cache:
-            cache[key] = 1 - macs(new) / dense
-        return cache[key]
+    def achieved(r: Any) -> float:
+        return 1 - macs(pruned_config(cfg, r, time_embedding_ratio=time_embedding_ratio)) / dense
 
+    if per_level:
+        return _per_level_ratios(cfg, reduction, time_embedding_ratio or 0.0, slack)
     lo, hi = 0.0, 0.999
     if achieved(hi) < reduction:
         raise ValueError(f"a {reduction:.0%} MAC reduction is out of reach: the most this UNet's GroupNorm "
@@ -187,7 +235,50 @@ def ratio_for_macs(unet_or_config: Any, reduction: float, *, time_embedding_rati
     while hi - lo > tol:
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if achieved(mid) >= reduction else (mid, hi)
-    return round(hi, 4)
+    return math.ceil(hi * 1e4) / 1e4  # rounded up: never below the jump it found
+
+
+def _per_level_ratios(cfg: dict[str, Any], reduction: float, t_ratio: float, slack: float) -> list[float]:
+    import itertools
+
+    boc, units = list(cfg["block_out_channels"]), _units(cfg)
+    runs = _runs(boc)
+    run_units = [math.lcm(*(units[i] for i in run)) for run in runs]
+    run_options = [[*range(u, boc[run[0]], u), boc[run[0]]] for run, u in zip(runs, run_units)]
+
+    def ratios(widths: Sequence[int]) -> list[float]:
+        return [round(1 - w / c, 6) for w, c in zip(widths, boc)]
+
+    def counted(widths: Sequence[int]) -> int:
+        return macs(pruned_config(cfg, ratios(widths), time_embedding_ratio=t_ratio))
+
+    def features(widths: Sequence[int]) -> list[float]:
+        w = [float(x) for x in widths]
+        return [1.0, *w, *(w[i] * w[j] for i in range(len(w)) for j in range(i, len(w)))]
+
+    combos = [tuple(w for run, rw in zip(runs, choice) for w in [rw] * len(run))
+              for choice in itertools.product(*run_options)
+              if all(x != y for x, y in zip(choice, choice[1:]))]  # a collision would drop a shortcut conv
+    gen = torch.Generator().manual_seed(0)
+    n_fit = min(len(combos), 2 * len(features(boc)) + 2)
+    sample = [combos[int(i)] for i in torch.randperm(len(combos), generator=gen)[:n_fit]]
+    if len(combos) <= n_fit:  # small enough to count every structure
+        table = {c: counted(c) for c in combos}
+    else:
+        a = torch.tensor([features(c) for c in sample], dtype=torch.float64)
+        y = torch.tensor([counted(c) for c in sample], dtype=torch.float64)
+        coef = torch.linalg.lstsq(a, y[:, None], driver="gelsd").solution[:, 0]
+        check = [combos[0], combos[-1], tuple(boc)]
+        if any(abs(float(torch.tensor(features(c), dtype=torch.float64) @ coef) - counted(c)) > 0.5 for c in check):
+            raise ValueError("MACs of this UNet are not a quadratic function of its widths (attention heads "
+                             "not aligned with the GroupNorm multiple); use per_level=False")
+        pred = torch.tensor([features(c) for c in combos], dtype=torch.float64) @ coef
+        table = {c: int(round(float(v))) for c, v in zip(combos, pred)}
+    dense = counted(tuple(boc))
+    gaps = {c: abs(1 - m / dense - reduction) for c, m in table.items()}
+    closest = min(gaps.values())
+    near = [c for c, gap in gaps.items() if gap <= closest + slack]
+    return ratios(min(near, key=lambda c: (max(ratios(c)) - min(ratios(c)), gaps[c])))
 
 
 # --------------------------------------------------------------------------- importances
@@ -395,13 +486,14 @@ def structured(
 
     ``data``: training images in [-1, 1] (tensor (N,C,H,W) or Dataset) for the data-driven criteria.
     ``ignored_layers`` (names or modules): their channels are kept; since the config has one width
-    per level, that keeps their whole level (or the time embedding) dense.  The DDPM forward process
-    is ``DDPMScheduler(num_train_timesteps).add_noise``.  Same seed -> same pruned weights.
+    per level, that keeps their whole level (or the time embedding) dense.  ``time_embedding_ratio``
+    prunes the time MLP (default: ``ratio`` if it is one float, else 0).  ``timesteps``: the grid the
+    data-driven criteria use, a sequence, an int ``n`` (n evenly spaced steps) or None (all
+    ``num_train_timesteps``); ``batches`` x ``batch_size`` images enter the estimate.  The DDPM
+    forward process is ``DDPMScheduler(num_train_timesteps).add_noise``.  Same seed -> same weights.
     With ``return_info=True`` returns ``(model, StructuredInfo)``.
     """
     from diffusers import UNet2DModel
-
-    from ..train import DiffusionTask, make_scheduler
 
     if importance not in IMPORTANCES:
         raise ValueError(f"unknown importance {importance!r}; accepted: {list(IMPORTANCES)}")
@@ -437,16 +529,17 @@ def structured(
             lvl = _level(names[group[0].dep.target.module], len(boc))
             if lvl == "temb":
                 t_ratio = 0.0
-            else:
-                ratios[lvl] = 0.0
+            else:  # with the levels tied to it by identity shortcuts
+                for i in next(run for run in _runs(boc) if lvl in run):
+                    ratios[i] = 0.0
     if t_ratio is None:
         t_ratio = float(ratio) if not isinstance(ratio, Sequence) else 0.0
     target = pruned_config(cfg, ratios, time_embedding_ratio=t_ratio)
 
     info = StructuredInfo(importance, (boc, tuple(target["block_out_channels"])),
                           (_time_dim(cfg), target["time_embedding_dim"]), (0, 0), (0, 0))
-    scorer = _scores(work, importance, data, grid, batches, batch_size, threshold, p, num_train_timesteps,
-                     seed, progress, info, DiffusionTask, make_scheduler)
+    scorer = _scorer(work, importance, data, grid, info, batches=batches, batch_size=batch_size,
+                     threshold=threshold, p=p, num_train_timesteps=num_train_timesteps, seed=seed, progress=progress)
 
     plans = []
     head_dim = cfg.get("attention_head_dim")
@@ -482,19 +575,23 @@ def structured(
         raise ValueError(f"the pruned weights do not fit UNet2DModel(block_out_channels="
                          f"{target['block_out_channels']}); this layout is not supported ({exc})") from exc
     pruned.train(unet.training)
+    if not return_info:
+        return pruned
     info.params = (sum(q.numel() for q in unet.parameters()), sum(q.numel() for q in pruned.parameters()))
     info.macs = (macs(cfg), macs(target))
-    return (pruned, info) if return_info else pruned
+    return pruned, info
 
 
-def _scores(work, importance, data, grid, batches, batch_size, threshold, p, num_train_timesteps, seed,
-            progress, info, task_cls, make_scheduler):
-    """Prepare the importance (gradients / activation statistics on ``work``) and return the scorer."""
+def _scorer(work: nn.Module, importance: str, data: Any, grid: list[int], info: StructuredInfo, *, batches: int,
+            batch_size: int, threshold: float, p: int, num_train_timesteps: int, seed: int,
+            progress: bool) -> tp.importance.Importance:
+    """Prepare the importance (gradients or activation statistics on ``work``) and return the scorer."""
     if importance == "magnitude":
         return tp.importance.MagnitudeImportance(p=p, group_reduction="mean", normalizer=None)
     from ..data import TensorImageDataset
+    from ..train import DiffusionTask, make_scheduler
 
-    task_cls().check(work, data if not isinstance(data, torch.Tensor) else TensorImageDataset(data[:1]))
+    DiffusionTask().check(work, data if not isinstance(data, torch.Tensor) else TensorImageDataset(data[:1]))
     device = next(work.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     scheduler = make_scheduler(num_train_timesteps)
@@ -530,7 +627,8 @@ def _scores(work, importance, data, grid, batches, batch_size, threshold, p, num
 
 
 @torch.no_grad()
-def _refit_time_embedding(work: nn.Module, cfg: dict[str, Any], target: dict[str, Any], num_train_timesteps: int) -> float:
+def _refit_time_embedding(work: nn.Module, cfg: dict[str, Any], target: dict[str, Any],
+                          num_train_timesteps: int) -> float:
     """Refit ``time_embedding.linear_1`` to the smaller sinusoid by least squares over t = 0..T-1.
 
     Returns the relative error of its output on that grid (0 when level 0 keeps its width).
@@ -552,3 +650,13 @@ def _refit_time_embedding(work: nn.Module, cfg: dict[str, Any], target: dict[str
     lin.in_features = weight.shape[1]
     err = (x @ sol - want).norm() / want.norm().clamp_min(1e-30)
     return float(err)
+
+
+class _CallableModule(types.ModuleType):
+    # ``lthdiff.pruners.structured`` is both this module and its main function: once the module is
+    # imported, Python binds the package attribute to the module, so make calling it call the function.
+    def __call__(self, *args: Any, **kwargs: Any):
+        return structured(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
