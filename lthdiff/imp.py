@@ -230,11 +230,13 @@ def run_imp(
         "method": "imp", "rounds": rounds, "steps_per_round": steps_per_round,
         "prune_per_round": None if schedule is not None else prune_per_round,
         "sparsity_schedule": schedule, "rewind": rewind, "scope": scope,
-        "allocation": allocation if isinstance(allocation, (str, type(None), list)) else repr(allocation),
+        "allocation": _describe(allocation),
         "seed": seed, "controls": list(controls), "batch_size": batch_size, "lr": lr, "ema": ema,
         "include": list(include) if include else None, "exclude": list(exclude) if exclude else None,
         "task": task_obj.config(), "model_class": type(unet).__name__,
-        "model_config": dict(getattr(unet, "config", None) or getattr(unet, "lthdiff_spec", {}) or {}),
+        # diffusers' private keys (e.g. _use_default_values) change order between processes
+        "model_config": {k: v for k, v in dict(getattr(unet, "config", None) or getattr(unet, "lthdiff_spec", {})
+                                               or {}).items() if not k.startswith("_")},
         "dataset": getattr(dataset, "name", type(dataset).__name__), "dataset_size": len(dataset),
         "init_digest": tensors_digest(init_state),
     }
@@ -300,6 +302,16 @@ def run_imp(
     if reg is not None:
         reg.set_status(exp_id, "completed")
     return IMPResult.load(run_dir)
+
+
+def _describe(allocation: Any) -> Any:
+    """A JSON-stable description of an allocation (callables by qualified name, not repr)."""
+    if isinstance(allocation, (list, tuple)):
+        return [_describe(a) for a in allocation]
+    if callable(allocation):
+        fn = getattr(allocation, "func", allocation)
+        return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    return allocation
 
 
 def _controls_done(rdir: Path, r: int, controls: Sequence[str]) -> bool:

@@ -290,6 +290,8 @@ def train(
                                  "use a new checkpoint_dir or steps >= that")
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
+    # prepare() may have moved the model to a GPU: rebuild the 0/1 masks on its device.
+    enforce = MaskEnforcer(raw, mask)
     if ema_model is not None:
         ema_model.to(accelerator.device)
     writer = None
