@@ -190,6 +190,20 @@ class Registry:
     context manager, or call :meth:`close`; every method is safe to call from several processes.
     """
 
+    def _set_wal(self, timeout: float) -> str:
+        # Switching a fresh file to WAL while another process does the same can fail with
+        # "database is locked" at once, without honouring busy_timeout: retry until the timeout.
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def __init__(self, path: str | os.PathLike = DEFAULT_PATH, *, timeout: float = 30.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +212,7 @@ class Registry:
         self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
         self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         self._db.execute("PRAGMA foreign_keys = ON")
-        self.journal_mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        self.journal_mode = self._set_wal(timeout)
         # WAL needs shared memory; on network file systems (e.g. Google Drive) SQLite keeps its
         # rollback journal, which is slower but still safe.
         self._db.execute("PRAGMA synchronous = NORMAL")
