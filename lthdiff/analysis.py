@@ -316,5 +316,4 @@ def _isnan(values):
 
 
 def _check_by(by: str) -> None:
-    if by not in ("layer", "block"):
-        raise ValueError(f"unknown by={by!r}; accepted: 'layer', 'block'")
+    M._check_by(by, ("layer", "block"))
