@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--scope", default="global", choices=["global", "layer"])
     p.add_argument("--allocation", default=None, help="uniform | erk | jiang2023 (default: global ranking)")
-    p.add_argument("--controls", default="random_reinit,random_mask", help="comma-separated; '' for none")
+    p.add_argument("--controls", default="random_reinit,random_mask",
+                   help="comma-separated from random_reinit, random_mask, one_shot; '' for none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", required=True)
 

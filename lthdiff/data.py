@@ -77,7 +77,8 @@ def _digits(image_size: int, split: str) -> TensorImageDataset:
     return TensorImageDataset(x[idx], y[idx], name="digits")
 
 
-def _torchvision(name: str, image_size: int, split: str, root: Path, augment: bool, path: str | None) -> Dataset:
+def _torchvision(name: str, image_size: int, split: str, root: Path, augment: bool, path: str | None,
+                 labels: bool = False) -> Dataset:
     import torchvision
     from torchvision import transforms as T
 
@@ -92,7 +93,7 @@ def _torchvision(name: str, image_size: int, split: str, root: Path, augment: bo
         if path is None or not Path(path).is_dir():
             raise ValueError(f"dataset 'folder' needs path= an ImageFolder directory, got {path!r}")
         base = torchvision.datasets.ImageFolder(path, transform=transform)
-        return _DropLabel(base)
+        return base if labels else _DropLabel(base)
     cls = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST,
            "cifar10": torchvision.datasets.CIFAR10, "flowers102": torchvision.datasets.Flowers102}[name]
     kwargs = {"split": "train" if train else "test"} if name == "flowers102" else {"train": train}
@@ -104,7 +105,7 @@ def _torchvision(name: str, image_size: int, split: str, root: Path, augment: bo
             f"Place torchvision's {cls.__name__} files under {root.resolve()} (as torchvision.datasets.{cls.__name__}"
             f"(root={str(root)!r}, download=True) would on a machine with network), or use name='digits' offline."
         ) from exc
-    return _DropLabel(base)
+    return base if labels else _DropLabel(base)  # torchvision sets already yield (image, label)
 
 
 class _DropLabel(Dataset):
@@ -126,7 +127,7 @@ def load_dataset(name: str = "digits", image_size: int = 16, split: str = "train
 
     ``name`` is one of :data:`DATASETS`; ``split`` is ``"train"`` or ``"test"``; ``path`` is the
     ImageFolder root for ``name="folder"``.  With ``labels=True`` items are ``(image, label)``
-    pairs (only for in-memory sets such as ``digits``), for the classifier experiments.
+    pairs, for the classifier experiments.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
@@ -138,9 +139,7 @@ def load_dataset(name: str = "digits", image_size: int = 16, split: str = "train
         ds = _digits(image_size, split)
         ds.flip = False  # digits are never mirrored, even with augment=True
         return _Labelled(ds) if labels else ds
-    if labels:
-        raise ValueError(f"labels=True is supported for in-memory datasets ('digits'), not {name!r}")
-    return _torchvision(name, image_size, split, Path(root), augment, path)
+    return _torchvision(name, image_size, split, Path(root), augment, path, labels)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

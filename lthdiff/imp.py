@@ -10,7 +10,9 @@ after k training steps, and retrain for the remaining T - k steps (as open_lth d
 Vocabulary: round 0 trains the dense model; round r >= 1 prunes the weights trained in round
 r - 1, rewinds and retrains.  Controls ("branches" in open_lth) train at the same sparsity:
 ``random_reinit`` keeps the ticket's mask with a fresh random initialisation, ``random_mask``
-keeps the rewind weights with a random mask of the same per-layer sparsity.
+keeps the rewind weights with a random mask of the same per-layer sparsity, ``one_shot`` prunes
+the dense (round 0) weights straight to the round's sparsity, rewinds and retrains: the one-shot
+pruning that Frankle & Carbin 2018 (Sec. 2, Fig. 4) compare with iterative pruning.
 
 Every round is written to ``run_dir/round_XX/`` (mask, model, EMA model, losses, summary); a
 round is complete when its ``summary.json`` exists.  Training inside a round checkpoints, so a
@@ -37,9 +39,11 @@ from .train import TrainResult, _mix, resolve_task, train
 
 __all__ = ["run_imp", "IMPResult", "RoundInfo", "rollback", "sparsity_schedule", "CONTROLS"]
 
-CONTROLS = ("random_reinit", "random_mask")
-# Arguments that may change between calls on the same run_dir: extending a run is natural.
-_MUTABLE_ARGS = {"rounds"}
+CONTROLS = ("random_reinit", "random_mask", "one_shot")
+DEFAULT_CONTROLS = ("random_reinit", "random_mask")
+# Arguments that may change between calls on the same run_dir: extending a run (more rounds, or
+# a control added later, e.g. by notebook 04) is natural; completed networks are never retrained.
+_MUTABLE_ARGS = {"rounds", "controls"}
 
 Allocation = Callable[..., Mapping[str, float]]
 
@@ -176,7 +180,7 @@ def run_imp(
     scope: str = "global",
     allocation: Any = None,
     seed: int = 0,
-    controls: Sequence[str] = CONTROLS,
+    controls: Sequence[str] = DEFAULT_CONTROLS,
     batch_size: int = 64,
     lr: float | None = None,
     ema: bool = True,
@@ -261,12 +265,12 @@ def run_imp(
                     res = train(model, dataset, rewind_step, checkpoint_dir=rdir / "ckpt", mask=mask,
                                 desc="round 0 (to rewind step)", **train_kw)
                     if not rewind_dir.exists():
-                        save_model(res.model, rewind_dir)
+                        _on_main(save_model, res.model, rewind_dir)
                 res = train(model, dataset, steps_per_round, checkpoint_dir=rdir / "ckpt", mask=mask,
                             desc="round 0 (dense)", **train_kw)
                 if rewind_step == 0 and not rewind_dir.exists():
-                    save_model(_fresh(unet, init_state), rewind_dir)
-                _finish(rdir, res, mask, r, extra={"target_sparsity": 0.0})
+                    _on_main(save_model, _fresh(unet, init_state), rewind_dir)
+                _on_main(_finish, rdir, res, mask, r, extra={"target_sparsity": 0.0})
         else:
             prev = RoundInfo.from_dir(run_dir / f"round_{r - 1:02d}")
             trained = prev.load_model(ema=False)
@@ -279,19 +283,30 @@ def run_imp(
                 start = trained if rewind_step is None else load_model(rewind_dir)
                 res = train(start, dataset, steps, checkpoint_dir=rdir / "ckpt", mask=mask,
                             desc=f"round {r} ticket ({target:.1%})", **train_kw)
-                _finish(rdir, res, mask, r, extra={"target_sparsity": target, "rewind": rewind})
+                _on_main(_finish, rdir, res, mask, r, extra={"target_sparsity": target, "rewind": rewind})
             for name in controls:
                 cdir = rdir / "controls" / name
                 if (cdir / "summary.json").exists():
                     continue
+                if name == "one_shot" and r == 1:
+                    # Round 1 prunes the dense weights from a full mask: one-shot *is* the ticket.
+                    _on_main(_copy_network, rdir, cdir, {"variant": name, "same_as": "ticket"})
+                    continue
                 if name == "random_reinit":
                     cmask, start = mask, _reinit(unet, _mix(seed, r, 0x5EED))
+                elif name == "one_shot":
+                    dense = RoundInfo.from_dir(run_dir / "round_00").load_model(ema=False)
+                    full = M.ones(dense, include=include, exclude=exclude)
+                    ls1 = _layer_sparsity(_resolve_allocation(allocation, r), dense, target, full, include, exclude)
+                    cmask = pruners.magnitude(dense, target, scope="layer" if ls1 is not None else scope,
+                                              mask=full, layer_sparsity=ls1)
+                    start = dense if rewind_step is None else load_model(rewind_dir)
                 else:
                     cmask = pruners.random_like(mask, seed=_mix(seed, r, 0x3A5C))
                     start = trained if rewind_step is None else load_model(rewind_dir)
                 res = train(start, dataset, steps, checkpoint_dir=cdir / "ckpt", mask=cmask,
                             desc=f"round {r} {name}", **train_kw)
-                _finish(cdir, res, cmask, r, extra={"target_sparsity": target, "variant": name})
+                _on_main(_finish, cdir, res, cmask, r, extra={"target_sparsity": target, "variant": name})
         info = RoundInfo.from_dir(rdir)
         if reg is not None:
             _log_round(reg, exp_id, info)
@@ -339,6 +354,17 @@ def _reinit(template: nn.Module, seed: int) -> nn.Module:
     return model
 
 
+def _on_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Under ``accelerate launch`` every process runs IMP in step; only the main one writes a
+    round's files, and the others wait so they read the finished round, not a half-written one."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        fn(*args, **kwargs)
+    state.wait_for_everyone()
+
+
 def _finish(d: Path, res: TrainResult, mask: Mapping[str, torch.Tensor], r: int, extra: dict[str, Any]) -> None:
     """Write a round's artefacts; summary.json goes last because it marks the round complete."""
     M.save(d / "mask.safetensors", mask, metadata={"round": r})
@@ -357,6 +383,18 @@ def _finish(d: Path, res: TrainResult, mask: Mapping[str, torch.Tensor], r: int,
     shutil.rmtree(d / "ckpt", ignore_errors=True)
 
 
+def _copy_network(src: Path, dst: Path, extra: dict[str, Any]) -> None:
+    """Copy a finished network's artefacts (summary last, as it marks completion)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("mask.safetensors", "losses.json"):
+        shutil.copy2(src / name, dst / name)
+    for name in ("model", "ema"):
+        if (src / name).exists():
+            shutil.rmtree(dst / name, ignore_errors=True)
+            shutil.copytree(src / name, dst / name)
+    write_json(dst / "summary.json", {**read_json(src / "summary.json"), **extra})
+
+
 def _check_or_write_config(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
     path = run_dir / "config.json"
     if not path.exists():
@@ -371,13 +409,15 @@ def _check_or_write_config(run_dir: Path, config: dict[str, Any]) -> dict[str, A
         detail = "; ".join(f"{k}: stored {saved.get(k)!r}, given {fresh.get(k)!r}" for k in sorted(diff))
         raise ValueError(f"{run_dir} holds an IMP run with different arguments ({detail}). "
                          "Use the same arguments to resume, or a new run_dir.")
-    if saved.get("rounds") != fresh["rounds"]:
+    if any(saved.get(k) != fresh.get(k) for k in _MUTABLE_ARGS):
         write_json(path, fresh)
     return fresh
 
 
 def _registry_experiment(registry: Any, run_dir: Path, config: dict[str, Any]):
-    if registry is None:
+    from accelerate import PartialState
+
+    if registry is None or not PartialState().is_main_process:  # one row per experiment, not per process
         return None, None
     from .registry import Registry
 
@@ -388,6 +428,8 @@ def _registry_experiment(registry: Any, run_dir: Path, config: dict[str, Any]):
         ds_id = reg.get_or_create_dataset(config["dataset"], image_size=config["model_config"].get("sample_size"))
         exp = reg.start_experiment(model_id=model_id, dataset_id=ds_id, method="imp", config=config,
                                    seed=config["seed"], run_dir=run_dir)
+    else:  # a resumed (or extended) run is running again until its last round is written
+        reg.set_status(exp, "running")
     return exp, reg
 
 

@@ -44,11 +44,16 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_
     """
     from .imp import IMPResult
     from .metrics import evaluate
+    from .metrics.fidelity import resolve_extractor
     from .sampling import image_grid, sample
 
     result = IMPResult.load(run_dir)
+    channels = result.rounds[0].load_model().config.in_channels
+    # The resolved name, not "auto": a cache computed with one extractor must not answer for another
+    # (e.g. a run evaluated offline, then re-evaluated on Colab where Inception is reachable).
     settings = {"n": cfg.eval.n, "sampler": cfg.eval.sampler, "steps": cfg.eval.steps,
-                "feature_extractor": cfg.eval.feature_extractor, "seed": cfg.train.seed}
+                "feature_extractor": resolve_extractor(cfg.eval.feature_extractor, channels),
+                "seed": cfg.train.seed}
     rows = []
     for rnd in result.rounds:
         for info in [rnd, *rnd.controls.values()]:
@@ -106,6 +111,10 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         controls=tuple(cfg.imp.controls), batch_size=cfg.train.batch_size, lr=cfg.train.lr, ema=cfg.train.ema,
         exclude=cfg.imp.exclude or None, checkpoint_every=cfg.train.checkpoint_every, registry=registry,
         progress=progress)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, training was data-parallel; the rest is not
+        return {"run_dir": run_dir, "report": None, "markdown": None, "rows": [], "result": result}
     exp_id = registry.find_experiment(run_dir) if registry is not None else None
     print("[lthdiff] evaluating rounds (FID/KID)")
     rows = evaluate_run(run_dir, cfg, registry=registry, exp_id=exp_id, progress=progress)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["loss_curve", "sparsity_curve", "sparsity_heatmap", "image_panels", "to_png", "data_uri", "close"]
+__all__ = ["loss_curve", "sparsity_curve", "sparsity_curve_interactive", "sparsity_heatmap", "image_panels", "to_png", "data_uri", "close"]
 
 # Frankle & Carbin plot tickets against the percentage of weights remaining on a log axis
 _REMAINING = "weights remaining (%)"
@@ -134,6 +134,38 @@ def sparsity_curve(table: Any, metric: str, *, by: str | None = "variant", ax: A
     if by is not None and len(groups) > 1:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def sparsity_curve_interactive(table: Any, metric: str, *, by: str = "variant", error: str | None = None,
+                               hover: Sequence[str] = (), title: str | None = None):
+    """Plotly version of :func:`sparsity_curve`: hover shows every value, the legend toggles lines.
+
+    x is the percentage of weights remaining on a reversed log axis (Frankle & Carbin 2019, Fig. 1).
+    ``error``: a column of error-bar half-widths (e.g. the std over seeds); ``hover``: extra columns
+    shown on hover (e.g. ``kid``, ``final_loss``).  Returns a ``plotly.graph_objects.Figure``.
+    """
+    import plotly.graph_objects as go
+
+    for col in ("sparsity", metric, by, *([error] if error else []), *hover):
+        if col not in table.columns:
+            raise ValueError(f"table has no column {col!r}; columns: {list(table.columns)}")
+    fig = go.Figure()
+    groups = sorted(table.groupby(by, sort=False), key=lambda g: g[0] != "ticket")
+    for label, g in groups:
+        g = g.dropna(subset=[metric, "sparsity"]).sort_values("sparsity")
+        ticket = label == "ticket"
+        extra = "".join(f"<br>{c}=%{{customdata[{i}]:.4g}}" for i, c in enumerate(hover))
+        fig.add_trace(go.Scatter(
+            x=100 * (1 - g["sparsity"]), y=g[metric], name=str(label), mode="lines+markers",
+            line=dict(width=3 if ticket else 1.5, dash="solid" if ticket else "dash"),
+            error_y=dict(type="data", array=g[error].tolist()) if error else None,
+            customdata=g[list(hover)].to_numpy() if hover else None,
+            hovertemplate=f"{label}<br>%{{x:.3g}}% remaining<br>{metric}=%{{y:.4g}}{extra}<extra></extra>"))
+    fig.update_xaxes(type="log", autorange="reversed", title=_REMAINING)
+    fig.update_yaxes(title=metric)
+    fig.update_layout(title=title or f"{metric} vs sparsity", template="plotly_white", height=420,
+                      legend=dict(orientation="h", y=-0.2))
     return fig
 
 

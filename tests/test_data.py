@@ -59,6 +59,10 @@ def test_folder_dataset(tmp_path):
         Image.new("RGB", (20, 24), (i * 50, 0, 0)).save(tmp_path / "a" / f"{i}.png")
     ds = load_dataset("folder", image_size=16, path=str(tmp_path), augment=True)
     assert len(ds) == 3 and ds[0].shape == (3, 16, 16)
+    (tmp_path / "b").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "b" / "0.png")
+    x, y = load_dataset("folder", image_size=16, path=str(tmp_path), labels=True)[3]
+    assert x.shape == (3, 16, 16) and y == 1  # the class index of folder "b"
     with pytest.raises(ValueError, match="path="):
         load_dataset("folder")
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from lthdiff import masks as M
+from lthdiff import pruners
 from lthdiff.imp import IMPResult, rollback, run_imp
 from lthdiff.models import load_model, unet
 
@@ -133,3 +134,39 @@ def test_rollback_then_continue(tmp_path, small_digits):
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
     with pytest.raises(ValueError, match="completed"):
         rollback(tmp_path / "b", 7)
+
+
+def test_one_shot_control_prunes_dense_weights_and_can_be_added_later(tmp_path, small_digits):
+    res = _imp(small_digits, tmp_path, rounds=2, controls=())
+    ticket_params = _params(res.rounds[2].load_model(ema=False))
+    res = _imp(small_digits, tmp_path, rounds=2, controls=("one_shot",))  # adding a control trains only it
+    assert torch.equal(_params(res.rounds[2].load_model(ema=False))["conv_in.weight"], ticket_params["conv_in.weight"])
+    dense = res.rounds[0].load_model(ema=False)
+    for r in res.rounds[1:]:
+        one = r.controls["one_shot"]
+        expect = pruners.magnitude(dense, r.sparsity, mask=M.ones(dense))
+        got = one.load_mask()
+        assert all(torch.equal(got[k], expect[k]) for k in expect)  # pruned from the dense weights in one shot
+        assert sum(int((~m).sum()) for m in got.values()) == sum(int((~m).sum()) for m in r.load_mask().values())
+    # round 1: one-shot and iterative coincide; round 2 they differ (IMP re-ranks retrained weights)
+    t1, o1 = res.rounds[1].load_mask(), res.rounds[1].controls["one_shot"].load_mask()
+    assert all(torch.equal(t1[k], o1[k]) for k in t1)
+    assert res.rounds[1].controls["one_shot"].final_loss == res.rounds[1].final_loss
+    t2, o2 = res.rounds[2].load_mask(), res.rounds[2].controls["one_shot"].load_mask()
+    assert any(not torch.equal(t2[k], o2[k]) for k in t2)
+    assert IMPResult.load(tmp_path).config["controls"] == ["one_shot"]
+
+
+def test_resumed_run_is_running_again_until_it_completes(tmp_path, small_digits):
+    from lthdiff.registry import Registry
+
+    db = tmp_path / "lthdiff.db"
+    _imp(small_digits, tmp_path / "run", rounds=1, controls=(), registry=db)
+    reg = Registry(db)
+    assert list(reg.experiments()["status"]) == ["completed"]
+    seen = []
+    _imp(small_digits, tmp_path / "run", rounds=2, controls=(), registry=db,
+         on_round=lambda info: seen.append(reg.experiments().loc[0, "status"]))
+    assert seen[-1] == "running"  # while the added round is written
+    ex = reg.experiments()
+    assert len(ex) == 1 and ex.loc[0, "status"] == "completed" and ex.loc[0, "rounds"] == 3

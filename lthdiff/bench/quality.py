@@ -39,7 +39,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     ds = load_dataset("digits", image_size=16)
     run_imp(unet(args.preset, seed=seed), ds, rounds=len(args.sparsities), sparsity_schedule=args.sparsities,
             steps_per_round=args.steps, run_dir=cfg.output.run_dir, seed=seed, controls=tuple(args.controls),
-            batch_size=args.batch_size, rewind=args.rewind, progress=not args.quiet)
+            batch_size=args.batch_size, lr=args.lr, rewind=args.rewind, progress=not args.quiet)
     return evaluate_run(cfg.output.run_dir, cfg, progress=not args.quiet)
 
 
@@ -68,13 +68,15 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m lthdiff.bench quality")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95])
-    ap.add_argument("--steps", type=int, default=2000, help="training steps of every network")
-    ap.add_argument("--batch-size", type=int, default=64)
+    # Defaults sized for 2 CPU cores (~70 min): the quickstart's training. On a GPU: --steps 2000 --sample-steps 50.
+    ap.add_argument("--steps", type=int, default=300, help="training steps of every network")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rewind", default="init")
     ap.add_argument("--controls", nargs="*", default=["random_reinit"])
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--n", type=int, default=2000, help="samples per network for FID")
-    ap.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
+    ap.add_argument("--sample-steps", type=int, default=10, help="DDIM steps")
     ap.add_argument("--sample-batch", type=int, default=1000)
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     ap.add_argument("--run-root", default="runs/bench_quality")
@@ -97,7 +99,7 @@ def main(argv: list[str]) -> int:
         rows += [{**r, "seed": seed} for r in run_seed(args, seed)]  # cached metrics make this cheap after --jobs
     table = aggregate(rows, "fid")
     md = (f"# Ticket quality vs sparsity (digits, {args.preset} UNet)\n\n"
-          f"{len(args.seeds)} seeds; every network trained {args.steps} steps (batch {args.batch_size}); "
+          f"{len(args.seeds)} seeds; every network trained {args.steps} steps (batch {args.batch_size}, lr {args.lr}); "
           f"FID from {args.n} DDIM-{args.sample_steps} samples (EMA weights) vs the digits training set, "
           f"extractor `{rows[0].get('extractor', '?')}`. Mean ± std over seeds; ratios computed per seed.\n\n"
           + markdown_table([{"sparsity": r["sparsity"], "variant": r["variant"],
