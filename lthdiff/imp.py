@@ -35,7 +35,7 @@ from . import masks as M
 from . import pruners
 from .io import read_json, tensors_digest, write_json
 from .models import load_model, save_model
-from .train import TrainResult, _mix, resolve_task, train
+from .train import TrainResult, _mix, process_state, resolve_task, train
 
 __all__ = ["run_imp", "IMPResult", "RoundInfo", "rollback", "sparsity_schedule", "CONTROLS"]
 
@@ -357,9 +357,7 @@ def _reinit(template: nn.Module, seed: int) -> nn.Module:
 def _on_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """Under ``accelerate launch`` every process runs IMP in step; only the main one writes a
     round's files, and the others wait so they read the finished round, not a half-written one."""
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     if state.is_main_process:
         fn(*args, **kwargs)
     state.wait_for_everyone()
@@ -415,9 +413,7 @@ def _check_or_write_config(run_dir: Path, config: dict[str, Any]) -> dict[str, A
 
 
 def _registry_experiment(registry: Any, run_dir: Path, config: dict[str, Any]):
-    from accelerate import PartialState
-
-    if registry is None or not PartialState().is_main_process:  # one row per experiment, not per process
+    if registry is None or not process_state().is_main_process:  # one row per experiment, not per process
         return None, None
     from .registry import Registry
 

@@ -228,6 +228,19 @@ def _check_args(steps: Any, dataset: Dataset, batch_size: Any) -> None:
         raise ValueError("the dataset is empty (0 items); pass a dataset with at least one image")
 
 
+def process_state():
+    """accelerate's ``PartialState`` for this process, honouring ``ACCELERATE_USE_CPU`` as ``Accelerator`` does.
+
+    Under ``torchrun``/``accelerate launch`` it says which process is the main one; in a plain
+    Python process it is the single, main process.  ``PartialState()`` alone ignores the variable,
+    and whichever is created first fixes the state, so multi-process CPU runs need this one.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def train(
     model: nn.Module,
     dataset: Dataset,
