@@ -33,7 +33,7 @@ def test_two_process_imp_writes_once_and_completes(tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(script), str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = sorted(line.split()[1:3] for line in proc.stdout.splitlines() if line.startswith("RANK"))
     assert ranks == [["0", "2"], ["1", "2"]]  # really two processes of one data-parallel group
