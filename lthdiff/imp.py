@@ -250,6 +250,13 @@ def run_imp(
     rewind_dir = run_dir / "rewind"
     train_kw = dict(batch_size=batch_size, lr=lr, seed=seed, ema=ema, task=task_obj,
                     checkpoint_every=checkpoint_every, progress=progress)
+
+    def prune(model: nn.Module, target: float, base: Mapping[str, torch.Tensor], r: int) -> dict[str, torch.Tensor]:
+        # One rule for the ticket (from the previous round's mask) and the one-shot control (from a full mask).
+        ls = _layer_sparsity(_resolve_allocation(allocation, r), model, target, base, include, exclude)
+        return pruners.magnitude(model, target, scope="layer" if ls is not None else scope, mask=base,
+                                 layer_sparsity=ls)
+
     bar = tqdm(total=rounds + 1, desc="IMP rounds", disable=not progress)
     for r in range(rounds + 1):
         rdir = run_dir / f"round_{r:02d}"
@@ -275,9 +282,7 @@ def run_imp(
             prev = RoundInfo.from_dir(run_dir / f"round_{r - 1:02d}")
             trained = prev.load_model(ema=False)
             prev_mask = prev.load_mask()
-            ls = _layer_sparsity(_resolve_allocation(allocation, r), trained, target, prev_mask, include, exclude)
-            mask = pruners.magnitude(trained, target, scope="layer" if ls is not None else scope,
-                                     mask=prev_mask, layer_sparsity=ls)
+            mask = prune(trained, target, prev_mask, r)
             steps = steps_per_round - (rewind_step or 0)
             if not (rdir / "summary.json").exists():
                 start = trained if rewind_step is None else load_model(rewind_dir)
@@ -296,10 +301,7 @@ def run_imp(
                     cmask, start = mask, _reinit(unet, _mix(seed, r, 0x5EED))
                 elif name == "one_shot":
                     dense = RoundInfo.from_dir(run_dir / "round_00").load_model(ema=False)
-                    full = M.ones(dense, include=include, exclude=exclude)
-                    ls1 = _layer_sparsity(_resolve_allocation(allocation, r), dense, target, full, include, exclude)
-                    cmask = pruners.magnitude(dense, target, scope="layer" if ls1 is not None else scope,
-                                              mask=full, layer_sparsity=ls1)
+                    cmask = prune(dense, target, M.ones(dense, include=include, exclude=exclude), r)
                     start = dense if rewind_step is None else load_model(rewind_dir)
                 else:
                     cmask = pruners.random_like(mask, seed=_mix(seed, r, 0x3A5C))

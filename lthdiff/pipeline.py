@@ -36,6 +36,11 @@ def build_model(cfg: Config, channels: int):
                 seed=cfg.model.seed)
 
 
+def _channels(result: Any) -> int:
+    """Image channels of an IMP run's UNet, from its recorded config (no weights loaded)."""
+    return int(result.config["model_config"]["in_channels"])
+
+
 def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_id: int | None = None,
                  progress: bool = True) -> list[dict[str, Any]]:
     """FID/KID of every round's ticket and controls (EMA weights), written to ``metrics.json`` beside each.
@@ -48,12 +53,11 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_
     from .sampling import image_grid, sample
 
     result = IMPResult.load(run_dir)
-    channels = result.rounds[0].load_model().config.in_channels
     # The resolved name, not "auto": a cache computed with one extractor must not answer for another
     # (e.g. a run evaluated offline, then re-evaluated on Colab where Inception is reachable).
+    extractor = resolve_extractor(cfg.eval.feature_extractor, _channels(result))
     settings = {"n": cfg.eval.n, "sampler": cfg.eval.sampler, "steps": cfg.eval.steps,
-                "feature_extractor": resolve_extractor(cfg.eval.feature_extractor, channels),
-                "seed": cfg.train.seed}
+                "feature_extractor": extractor, "seed": cfg.train.seed}
     rows = []
     for rnd in result.rounds:
         for info in [rnd, *rnd.controls.values()]:
@@ -65,7 +69,7 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_
                                 seed=cfg.train.seed, batch_size=cfg.eval.batch_size, progress=progress)
                 image_grid(images[: cfg.eval.grid], scale=4).save(info.dir / "samples.png")
                 res = evaluate(images, cfg.data.name, image_size=cfg.data.image_size,
-                               feature_extractor=cfg.eval.feature_extractor)
+                               feature_extractor=extractor)
                 cached = {"settings": settings, "metrics": res.metrics, "extractor": res.extractor}
                 write_json(path, cached)
                 if registry is not None and exp_id is not None:
@@ -82,7 +86,7 @@ def efficiency(run_dir: str | Path, cfg: Config) -> dict[str, Any]:
     from .metrics import efficiency as E
 
     result = IMPResult.load(run_dir)
-    shape = (1, result.rounds[0].load_model().config.in_channels, cfg.data.image_size, cfg.data.image_size)
+    shape = (1, _channels(result), cfg.data.image_size, cfg.data.image_size)
     rows = []
     for rnd in result.rounds:
         model = rnd.load_model(ema=True)
