@@ -59,3 +59,15 @@ def write_results(out_dir: str | Path, name: str, payload: dict[str, Any], markd
     with atomic_path(out_dir / f"{name}.md") as tmp:
         tmp.write_text(markdown)
     return j, out_dir / f"{name}.md"
+
+
+RECORDED = Path(__file__).resolve().parents[2] / "data" / "bench"
+
+
+def find_results(name: str, out_dir: str | Path = "bench_results") -> Path | None:
+    """``<out_dir>/<name>.json`` from a fresh local run if there is one, else the run recorded in the
+    repository (``data/bench/``, present in a git checkout, not in a wheel); ``None`` when neither exists."""
+    for path in (Path(out_dir) / f"{name}.json", RECORDED / f"{name}.json"):
+        if path.exists():
+            return path
+    return None
