@@ -19,7 +19,7 @@ def quick_run(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     proc = subprocess.run([sys.executable, "-m", "lthdiff.cli", "run", "--quick", "--run-dir", str(d / "run"),
                            "--registry", str(d / "runs.db")], cwd=d, env=env, capture_output=True, text=True,
-                          timeout=1800)  # ~3 min on an idle 2-core machine; generous under load
+                          timeout=1800)  # ~2 min on an idle 2-core machine; generous under load
     assert proc.returncode == 0, proc.stderr[-3000:]
     return d, proc.stdout
 
