@@ -93,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    # OSError covers missing files and unreadable or corrupt model folders: user input, not a bug.
+    except (ConfigError, ValueError, OSError) as exc:
         print(f"lthdiff {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -268,11 +268,12 @@ def run_imp(
             mask = M.ones(unet, include=include, exclude=exclude)
             if not (rdir / "summary.json").exists():
                 model = _fresh(unet, init_state)
-                if rewind_step:  # late rewinding: stop at step K, keep theta_K, continue the same run
+                if rewind_step and not rewind_dir.exists():
+                    # Late rewinding: stop at step K and save theta_K (atomically) before training
+                    # goes past K, so a run killed at any later step resumes without K again.
                     res = train(model, dataset, rewind_step, checkpoint_dir=rdir / "ckpt", mask=mask,
                                 desc="round 0 (to rewind step)", **train_kw)
-                    if not rewind_dir.exists():
-                        _on_main(save_model, res.model, rewind_dir)
+                    _on_main(save_model, res.model, rewind_dir)
                 res = train(model, dataset, steps_per_round, checkpoint_dir=rdir / "ckpt", mask=mask,
                             desc="round 0 (dense)", **train_kw)
                 if rewind_step == 0 and not rewind_dir.exists():

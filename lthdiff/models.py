@@ -80,7 +80,13 @@ def from_pretrained(repo_or_path: str | Path, subfolder: str | None = None, **kw
     A pipeline repo such as ``google/ddpm-cifar10-32`` keeps the UNet in a ``unet`` subfolder;
     it is found automatically when the top level holds no model config.
     """
-    path = Path(repo_or_path)
+    path = Path(repo_or_path).expanduser()
+    text = str(repo_or_path)
+    # A path-like argument that does not exist is a typo, not a Hub id: say so without a network call.
+    if not path.exists() and (path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1):
+        raise FileNotFoundError(f"no model folder at {str(repo_or_path)!r}: pass a folder written by "
+                                "save_pretrained (config.json + diffusion_pytorch_model.safetensors) or a "
+                                "Hub repo id such as 'google/ddpm-cifar10-32'")
     if subfolder is None and path.is_dir() and not (path / "config.json").exists() and (path / "unet").is_dir():
         subfolder = "unet"
     try:

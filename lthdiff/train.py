@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .io import CorruptFileError, atomic_path, read_json, write_json
+from .io import CorruptFileError, atomic_path, read_json, tensors_digest, write_json
 
 __all__ = ["Task", "DiffusionTask", "TrainResult", "train", "make_scheduler", "MaskEnforcer"]
 
@@ -276,8 +276,10 @@ def train(
     task_obj = resolve_task(task)
     task_obj.check(model, dataset)
     lr = task_obj.default_lr if lr is None else float(lr)
+    # The mask is part of what a checkpoint trained, so resuming under another mask is refused.
     run_config = {"seed": seed, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                  "ema": ema, "grad_clip": grad_clip, **task_obj.config()}
+                  "ema": ema, "grad_clip": grad_clip, **task_obj.config(),
+                  "mask_digest": tensors_digest(mask)[:16] if mask is not None else None}
 
     accelerator = Accelerator()
     enforce = MaskEnforcer(model, mask)
@@ -377,8 +379,12 @@ def train(
 
 
 def _check_resume(saved: dict[str, Any], now: dict[str, Any], ckpt_dir: Path) -> None:
-    diff = {k: (saved.get(k), now.get(k)) for k in set(saved) | set(now) if saved.get(k) != now.get(k)}
+    # Checkpoints written before the mask was recorded carry no mask_digest: nothing to compare.
+    keys = (set(saved) | set(now)) - ({"mask_digest"} if "mask_digest" not in saved else set())
+    diff = {k: (saved.get(k), now.get(k)) for k in keys if saved.get(k) != now.get(k)}
     if diff:
         detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
+        if "mask_digest" in diff:
+            detail += "; the mask is not the one this checkpoint was trained with"
         raise ValueError(f"cannot resume from {ckpt_dir}: training arguments differ ({detail}); "
                          "use the same arguments or a new checkpoint_dir")

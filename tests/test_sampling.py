@@ -15,8 +15,11 @@ def test_shape_dtype_and_determinism(micro_unet):
 
 def test_ddpm_sampler_deterministic(micro_unet):
     a = sample(micro_unet, 3, sampler="ddpm", steps=4, seed=0, progress=False)
-    b = sample(micro_unet, 3, sampler="ddpm", steps=4, seed=0, progress=False)
-    assert torch.equal(a, b)
+    b = sample(micro_unet, 3, sampler="ddpm", steps=4, seed=0, batch_size=1, progress=False)
+    c = sample(micro_unet, 3, sampler="ddpm", steps=4, seed=1, progress=False)
+    d = sample(micro_unet, 3, sampler="ddim", steps=4, seed=0, progress=False)
+    assert torch.equal(a, b)  # the same seed gives the same images whatever the batch size
+    assert not torch.equal(a, c) and not torch.equal(a, d)  # another seed, or DDIM, gives others
 
 
 def test_bad_arguments(micro_unet):

@@ -110,3 +110,19 @@ def test_tensorboard_scalars(tmp_path, micro_unet, small_digits):
     acc = EventAccumulator(str(tmp_path))
     acc.Reload()
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
+
+
+def test_resume_with_a_different_mask_is_refused(tmp_path, small_digits):
+    from lthdiff.models import unet
+    from lthdiff.pruners import random
+
+    kw = dict(block_out_channels=(8, 16, 16), norm_num_groups=4)
+    model = unet("tiny", **kw)
+    m1, m2 = random(model, 0.5, seed=0), random(model, 0.5, seed=1)
+    train(model, small_digits, 2, batch_size=16, mask=m1, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="mask is not the one this checkpoint was trained with"):
+        train(unet("tiny", **kw), small_digits, 4, batch_size=16, mask=m2, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="mask"):
+        train(unet("tiny", **kw), small_digits, 4, batch_size=16, checkpoint_dir=tmp_path, progress=False)
+    res = train(unet("tiny", **kw), small_digits, 4, batch_size=16, mask=m1, checkpoint_dir=tmp_path, progress=False)
+    assert res.resumed_from == 2 and res.steps == 4

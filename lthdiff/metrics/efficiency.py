@@ -154,22 +154,28 @@ def sampling_speed(unet: nn.Module, *, batch_size: int = 16, steps: int = 10, sa
             "batch_size": batch_size, "steps": steps}
 
 
-def _rss_peak_bytes() -> int | None:
+def _proc_status_bytes(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
 
 
+def _rss_peak_bytes() -> int | None:
+    return _proc_status_bytes("VmHWM")
+
+
 def _reset_rss_peak() -> bool:
     try:  # Linux >= 4.0: writing 5 resets the peak resident set size (VmHWM)
         Path("/proc/self/clear_refs").write_text("5")
-        return True
     except OSError:
         return False
+    # Some kernels (and VMs) accept the write but keep the old peak: then the peak is the process's.
+    hwm, rss = _proc_status_bytes("VmHWM"), _proc_status_bytes("VmRSS")
+    return hwm is not None and rss is not None and hwm <= rss + (16 << 20)
 
 
 def peak_memory(fn: Callable[[], Any], *, cuda: bool | None = None) -> dict[str, Any]:

@@ -272,6 +272,10 @@ def evaluate(
     if cuda and not torch.cuda.is_available():
         raise ValueError("cuda=True but no CUDA device is available; pass cuda=False or None")
     sampled = isinstance(unet_or_images, nn.Module)
+    # A bad extractor name fails before minutes of sampling, not after.
+    in_channels = getattr(getattr(unet_or_images, "config", None), "in_channels", None) if sampled else None
+    if in_channels is not None:
+        resolve_extractor(feature_extractor, in_channels, feature_extractor_weights_path)
     if sampled:
         from ..sampling import sample
 
