@@ -35,7 +35,9 @@ from . import masks as M
 from . import pruners
 from .io import read_json, tensors_digest, write_json
 from .models import load_model, save_model
-from .train import TrainResult, _mix, process_state, resolve_task, train
+from .runtime import mix_seed, process_state
+from .tasks import resolve_task
+from .train import TrainResult, train
 
 __all__ = ["run_imp", "IMPResult", "RoundInfo", "rollback", "sparsity_schedule", "CONTROLS"]
 
@@ -298,13 +300,13 @@ def run_imp(
                     _on_main(_copy_network, rdir, cdir, {"variant": name, "same_as": "ticket"})
                     continue
                 if name == "random_reinit":
-                    cmask, start = mask, _reinit(unet, _mix(seed, r, 0x5EED))
+                    cmask, start = mask, _reinit(unet, mix_seed(seed, r, 0x5EED))
                 elif name == "one_shot":
                     dense = RoundInfo.from_dir(run_dir / "round_00").load_model(ema=False)
                     cmask = prune(dense, target, M.ones(dense, include=include, exclude=exclude), r)
                     start = dense if rewind_step is None else load_model(rewind_dir)
                 else:
-                    cmask = pruners.random_like(mask, seed=_mix(seed, r, 0x3A5C))
+                    cmask = pruners.random_like(mask, seed=mix_seed(seed, r, 0x3A5C))
                     start = trained if rewind_step is None else load_model(rewind_dir)
                 res = train(start, dataset, steps, checkpoint_dir=cdir / "ckpt", mask=cmask,
                             desc=f"round {r} {name}", **train_kw)

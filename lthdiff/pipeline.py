@@ -115,7 +115,7 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         controls=tuple(cfg.imp.controls), batch_size=cfg.train.batch_size, lr=cfg.train.lr, ema=cfg.train.ema,
         exclude=cfg.imp.exclude or None, checkpoint_every=cfg.train.checkpoint_every, registry=registry,
         progress=progress)
-    from .train import process_state
+    from .runtime import process_state
 
     if not process_state().is_main_process:  # under `accelerate launch`, training was data-parallel; the rest is not
         return {"run_dir": run_dir, "report": None, "markdown": None, "rows": [], "result": result}

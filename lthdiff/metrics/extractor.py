@@ -24,8 +24,8 @@ NAME = "lthdiff-digits"
 FEATURES = "64"  # penultimate layer: the features FID/KID/PRC use
 IMAGE_SIZE = 16
 _FILE = "digits_extractor.safetensors"
-_REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "data" / _FILE
-_PACKAGE_WEIGHTS = Path(__file__).resolve().parent / _FILE
+REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "data" / _FILE
+PACKAGE_WEIGHTS = Path(__file__).resolve().parent / _FILE
 
 
 class DigitsNet(nn.Module):
@@ -55,10 +55,10 @@ class DigitsNet(nn.Module):
 
 def weights_path() -> Path:
     """The committed weights: the repository's ``data/`` copy if present, else the packaged copy."""
-    for p in (_REPO_WEIGHTS, _PACKAGE_WEIGHTS):
+    for p in (REPO_WEIGHTS, PACKAGE_WEIGHTS):
         if p.exists():
             return p
-    raise FileNotFoundError(f"digits extractor weights not found at {_REPO_WEIGHTS} or {_PACKAGE_WEIGHTS}; "
+    raise FileNotFoundError(f"digits extractor weights not found at {REPO_WEIGHTS} or {PACKAGE_WEIGHTS}; "
                             "recreate them with `python -m lthdiff.metrics.train_extractor`")
 
 

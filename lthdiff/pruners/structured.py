@@ -589,7 +589,7 @@ def _scorer(work: nn.Module, importance: str, data: Any, grid: list[int], info: 
     if importance == "magnitude":
         return tp.importance.MagnitudeImportance(p=p, group_reduction="mean", normalizer=None)
     from ..data import TensorImageDataset
-    from ..train import DiffusionTask, make_scheduler
+    from ..tasks import DiffusionTask, make_scheduler
 
     DiffusionTask().check(work, data if not isinstance(data, torch.Tensor) else TensorImageDataset(data[:1]))
     device = next(work.parameters()).device
