@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import masks as M
-from .imp import IMPResult
+from .runs import IMPResult
 from .runtime import positive_int
 from .tasks import check_pair
 

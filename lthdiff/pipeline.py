@@ -14,6 +14,7 @@ import torch
 
 from .config import Config
 from .io import read_json, write_json
+from .runs import IMPResult, write_metrics
 
 __all__ = ["build_dataset", "build_model", "run_pipeline", "evaluate_run"]
 
@@ -47,7 +48,6 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_
 
     Rounds already evaluated with the same settings are skipped, so the stage resumes.
     """
-    from .imp import IMPResult
     from .metrics import evaluate
     from .metrics.fidelity import resolve_extractor
     from .sampling import image_grid, sample
@@ -70,8 +70,7 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_
                 image_grid(images[: cfg.eval.grid], scale=4).save(info.dir / "samples.png")
                 res = evaluate(images, cfg.data.name, image_size=cfg.data.image_size,
                                feature_extractor=extractor)
-                cached = {"settings": settings, "metrics": res.metrics, "extractor": res.extractor}
-                write_json(path, cached)
+                cached = write_metrics(info.dir, res.metrics, settings=settings, extractor=res.extractor)
                 if registry is not None and exp_id is not None:
                     registry.log_metrics(exp_id, rnd.round, cached["metrics"], extractor=res.extractor,
                                          settings=settings, variant=info.variant)
@@ -82,7 +81,6 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_
 
 def efficiency(run_dir: str | Path, cfg: Config) -> dict[str, Any]:
     """Parameters, MACs and file sizes of the dense model and the last ticket -> ``efficiency.json``."""
-    from .imp import IMPResult
     from .metrics import efficiency as E
 
     result = IMPResult.load(run_dir)
