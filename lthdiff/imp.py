@@ -30,18 +30,18 @@ from tqdm.auto import tqdm
 
 from . import masks as M
 from . import pruners
+from .controls import CONTROLS, RoundContext
 from .io import tensors_digest
 from .models import load_model, save_model
-from .runs import (IMPResult, RoundInfo, check_or_write_config, copy_network, rollback,
+from .runs import (IMPResult, RegistryLog, RoundInfo, check_or_write_config, copy_network, rollback,
                    write_round)
-from .runtime import mix_seed, process_state
+from .runtime import process_state
 from .tasks import resolve_task
 from .train import train
 
 # IMPResult, RoundInfo and rollback belong to lthdiff.runs; re-exported for callers of the old names.
 __all__ = ["run_imp", "IMPResult", "RoundInfo", "rollback", "sparsity_schedule", "CONTROLS"]
 
-CONTROLS = ("random_reinit", "random_mask", "one_shot")
 DEFAULT_CONTROLS = ("random_reinit", "random_mask")
 Allocation = Callable[..., Mapping[str, float]]
 
@@ -164,7 +164,7 @@ def run_imp(
         "init_digest": tensors_digest(init_state),
     }
     config = check_or_write_config(run_dir, config)
-    exp_id, reg = _registry_experiment(registry, run_dir, config)
+    log = RegistryLog(registry, run_dir, config)
 
     rewind_dir = run_dir / "rewind"
     train_kw = dict(batch_size=batch_size, lr=lr, seed=seed, ema=ema, task=task_obj,
@@ -208,35 +208,28 @@ def run_imp(
                 res = train(start, dataset, steps, checkpoint_dir=rdir / "ckpt", mask=mask,
                             desc=f"round {r} ticket ({target:.1%})", **train_kw)
                 _on_main(write_round, rdir, res, mask, r, extra={"target_sparsity": target, "rewind": rewind})
+            ctx = RoundContext(round=r, target=target, mask=mask, trained=trained, template=unet, seed=seed,
+                               run_dir=run_dir, rewind_dir=rewind_dir, rewind_step=rewind_step, prune=prune,
+                               include=include, exclude=exclude)
             for name in controls:
                 cdir = rdir / "controls" / name
                 if (cdir / "summary.json").exists():
                     continue
-                if name == "one_shot" and r == 1:
-                    # Round 1 prunes the dense weights from a full mask: one-shot *is* the ticket.
+                plan = CONTROLS[name].start_and_mask(ctx)
+                if plan is None:  # the control is this round's ticket (one-shot in round 1): copy it
                     _on_main(copy_network, rdir, cdir, {"variant": name, "same_as": "ticket"})
                     continue
-                if name == "random_reinit":
-                    cmask, start = mask, _reinit(unet, mix_seed(seed, r, 0x5EED))
-                elif name == "one_shot":
-                    dense = RoundInfo.from_dir(run_dir / "round_00").load_model(ema=False)
-                    cmask = prune(dense, target, M.ones(dense, include=include, exclude=exclude), r)
-                    start = dense if rewind_step is None else load_model(rewind_dir)
-                else:
-                    cmask = pruners.random_like(mask, seed=mix_seed(seed, r, 0x3A5C))
-                    start = trained if rewind_step is None else load_model(rewind_dir)
+                start, cmask = plan
                 res = train(start, dataset, steps, checkpoint_dir=cdir / "ckpt", mask=cmask,
                             desc=f"round {r} {name}", **train_kw)
                 _on_main(write_round, cdir, res, cmask, r, extra={"target_sparsity": target, "variant": name})
         info = RoundInfo.from_dir(rdir)
-        if reg is not None:
-            _log_round(reg, exp_id, info)
+        log(info)
         if on_round is not None:
             on_round(info)
         bar.update(1)
     bar.close()
-    if reg is not None:
-        reg.set_status(exp_id, "completed")
+    log.completed()
     return IMPResult.load(run_dir)
 
 
@@ -262,19 +255,6 @@ def _fresh(template: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
     return model
 
 
-def _reinit(template: nn.Module, seed: int) -> nn.Module:
-    """The same architecture with a new random initialisation (the random-reinit control)."""
-    import copy
-
-    model = copy.deepcopy(template)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for m in model.modules():
-            if m is not model and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-    return model
-
-
 def _on_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """Under ``accelerate launch`` every process runs IMP in step; only the main one writes a
     round's files, and the others wait so they read the finished round, not a half-written one."""
@@ -282,27 +262,3 @@ def _on_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     if state.is_main_process:
         fn(*args, **kwargs)
     state.wait_for_everyone()
-
-
-def _registry_experiment(registry: Any, run_dir: Path, config: dict[str, Any]):
-    if registry is None or not process_state().is_main_process:  # one row per experiment, not per process
-        return None, None
-    from .registry import Registry
-
-    reg = registry if isinstance(registry, Registry) else Registry(registry)
-    exp = reg.find_experiment(run_dir)
-    if exp is None:
-        model_id = reg.get_or_create_model(config["model_class"], config["model_config"])
-        ds_id = reg.get_or_create_dataset(config["dataset"], image_size=config["model_config"].get("sample_size"))
-        exp = reg.start_experiment(model_id=model_id, dataset_id=ds_id, method="imp", config=config,
-                                   seed=config["seed"], run_dir=run_dir)
-    else:  # a resumed (or extended) run is running again until its last round is written
-        reg.set_status(exp, "running")
-    return exp, reg
-
-
-def _log_round(reg: Any, exp_id: int, info: RoundInfo) -> None:
-    metrics = {"final_loss": info.final_loss, "sparsity": info.sparsity}
-    reg.log_round(exp_id, info.round, info.summary.get("layer_sparsity", {}), metrics)
-    for name, c in info.controls.items():
-        reg.log_metrics(exp_id, info.round, {"final_loss": c.final_loss}, variant=name)

@@ -31,9 +31,10 @@ import torch.nn as nn
 from . import masks as M
 from .io import read_json, write_json
 from .models import load_model, save_model
+from .runtime import process_state
 
 __all__ = ["RoundInfo", "IMPResult", "MUTABLE_ARGS", "final_loss", "read_losses", "read_metrics", "write_metrics",
-           "write_round", "copy_network", "check_or_write_config", "rollback"]
+           "write_round", "copy_network", "check_or_write_config", "rollback", "RegistryLog"]
 
 # Arguments that may change between calls on the same run_dir: extending a run (more rounds, or
 # a control added later, e.g. by notebook 04) is natural; completed networks are never retrained.
@@ -232,3 +233,46 @@ def rollback(run_dir: str | Path, round: int) -> Path:
     write_json(branch / "info.json", {"rolled_back_to": round, "moved": [d.name for d in later],
                                       "time": time.time()})
     return branch
+
+
+class RegistryLog:
+    """Records an IMP run in a registry: the experiment row, each round (call it with a :class:`RoundInfo`,
+    as an ``on_round`` callback) and the final status.  A no-op without a registry, and on every
+    process but the main one, so a run is recorded once and by this class only.
+    """
+
+    def __init__(self, registry: Any, run_dir: Path, config: dict[str, Any]) -> None:
+        self.exp_id, self.reg = _registry_experiment(registry, run_dir, config)
+
+    def __call__(self, info: RoundInfo) -> None:
+        if self.reg is not None:
+            _log_round(self.reg, self.exp_id, info)
+
+    def completed(self) -> None:
+        """Mark the experiment completed (after its last round)."""
+        if self.reg is not None:
+            self.reg.set_status(self.exp_id, "completed")
+
+
+def _registry_experiment(registry: Any, run_dir: Path, config: dict[str, Any]):
+    if registry is None or not process_state().is_main_process:  # one row per experiment, not per process
+        return None, None
+    from .registry import Registry
+
+    reg = registry if isinstance(registry, Registry) else Registry(registry)
+    exp = reg.find_experiment(run_dir)
+    if exp is None:
+        model_id = reg.get_or_create_model(config["model_class"], config["model_config"])
+        ds_id = reg.get_or_create_dataset(config["dataset"], image_size=config["model_config"].get("sample_size"))
+        exp = reg.start_experiment(model_id=model_id, dataset_id=ds_id, method="imp", config=config,
+                                   seed=config["seed"], run_dir=run_dir)
+    else:  # a resumed (or extended) run is running again until its last round is written
+        reg.set_status(exp, "running")
+    return exp, reg
+
+
+def _log_round(reg: Any, exp_id: int, info: RoundInfo) -> None:
+    metrics = {"final_loss": info.final_loss, "sparsity": info.sparsity}
+    reg.log_round(exp_id, info.round, info.summary.get("layer_sparsity", {}), metrics)
+    for name, c in info.controls.items():
+        reg.log_metrics(exp_id, info.round, {"final_loss": c.final_loss}, variant=name)
