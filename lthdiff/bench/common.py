@@ -44,12 +44,13 @@ def write_results(out_dir: str | Path, name: str, payload: dict[str, Any], markd
     return j, out_dir / f"{name}.md"
 
 
-RECORDED = Path(__file__).resolve().parents[2] / "data" / "bench"
+# Recorded results ship inside the package, so an installed wheel finds them too.
+RECORDED = Path(__file__).resolve().parent / "results"
 
 
 def find_results(name: str, out_dir: str | Path = "bench_results") -> Path | None:
     """``<out_dir>/<name>.json`` from a fresh local run if there is one, else the run recorded in the
-    repository (``data/bench/``, present in a git checkout, not in a wheel); ``None`` when neither exists."""
+    package (``lthdiff/bench/results/``); ``None`` when neither exists."""
     for path in (Path(out_dir) / f"{name}.json", RECORDED / f"{name}.json"):
         if path.exists():
             return path
