@@ -33,7 +33,7 @@ from .io import read_json, write_json
 from .models import load_model, save_model
 from .runtime import process_state
 
-__all__ = ["RoundInfo", "IMPResult", "MUTABLE_ARGS", "final_loss", "read_losses", "read_metrics", "write_metrics",
+__all__ = ["RoundInfo", "IMPResult", "MUTABLE_ARGS", "final_loss", "run_tag", "read_losses", "read_metrics", "write_metrics",
            "write_round", "copy_network", "check_or_write_config", "rollback", "RegistryLog"]
 
 # Arguments that may change between calls on the same run_dir: extending a run (more rounds, or
@@ -130,6 +130,13 @@ class IMPResult:
     @property
     def final(self) -> RoundInfo:
         return self.rounds[-1]
+
+
+def run_tag(description: Mapping[str, Any]) -> str:
+    """8 hex digits naming a run by its description (sorted JSON, SHA-256): the same parameters find the same run_dir."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(dict(description), sort_keys=True).encode()).hexdigest()[:8]
 
 
 def read_losses(network: "RoundInfo | str | Path") -> list[float]:

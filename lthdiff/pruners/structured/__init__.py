@@ -27,7 +27,7 @@ reduction; :func:`pruned_config` and :func:`config_macs` give the structure and 
 """
 from .importance import IMPORTANCES, HSICImportance
 from .prune import structured
-from .structure import StructuredInfo, config_macs, pruned_config, ratio_for_macs
+from .structure import StructuredInfo, config_macs, kept_overlap, pruned_config, ratio_for_macs
 
 __all__ = ["IMPORTANCES", "HSICImportance", "StructuredInfo", "structured", "pruned_config", "config_macs",
-           "ratio_for_macs"]
+           "ratio_for_macs", "kept_overlap"]

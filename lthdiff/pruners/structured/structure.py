@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["StructuredInfo", "pruned_config", "config_macs", "ratio_for_macs", "unet_config", "check_supported",
+__all__ = ["StructuredInfo", "kept_overlap", "pruned_config", "config_macs", "ratio_for_macs", "unet_config", "check_supported",
            "level_ratios", "channel_units", "keep_channels", "time_dim", "legalize", "level_runs"]
 
 
@@ -41,6 +41,12 @@ class StructuredInfo:
     @property
     def params_reduction(self) -> float:
         return 1 - self.params[1] / self.params[0]
+
+
+def kept_overlap(a: StructuredInfo, b: StructuredInfo) -> float:
+    """Mean Jaccard overlap of the channels two structured prunings kept, over their channel groups."""
+    scores = [len(set(a.kept[g]) & set(b.kept[g])) / len(set(a.kept[g]) | set(b.kept[g])) for g in a.kept]
+    return sum(scores) / len(scores)
 
 
 # --------------------------------------------------------------------------- target structure
