@@ -30,7 +30,7 @@ from .runs import IMPResult
 from .runtime import positive_int
 from .tasks import check_pair
 
-__all__ = ["evaluate_accuracy", "imp_accuracy", "load_runs", "chance_jaccard", "mask_similarity", "similarity_table", "sparsity_table", "cka",
+__all__ = ["evaluate_accuracy", "imp_accuracy", "allocation_block_sparsity", "load_runs", "chance_jaccard", "mask_similarity", "similarity_table", "sparsity_table", "cka",
            "weight_cka", "cka_table", "pivot", "heatmap"]
 
 Mask = Mapping[str, torch.Tensor]
@@ -101,6 +101,28 @@ def imp_accuracy(result: Any, test_set: Dataset, *, ema: bool = False, batch_siz
         rows.append({"round": rnd, "variant": info.variant, "sparsity": info.sparsity,
                      "remaining": 1 - info.sparsity, "accuracy": acc})
     return pd.DataFrame(rows, columns=["round", "variant", "sparsity", "remaining", "accuracy"])
+
+
+def allocation_block_sparsity(rules: Sequence[str], model: torch.nn.Module, target: float):
+    """Sparsity each block gets from each allocation rule at overall ``target`` (one shot, no training).
+
+    DataFrame: one row per block (input side first), one column per rule; a block's value is its
+    pruned weights over its prunable weights.
+    """
+    import pandas as pd
+
+    from .pruners.allocation import allocate, unit_order
+
+    names = M.prunable(model)
+    numel = {n: p.numel() for n, p in model.named_parameters() if n in names}
+    blocks = pd.Series({n: M.block_of(n) for n in names})
+    cols = {}
+    for rule in rules:
+        alloc = allocate(rule, model, target)
+        pruned = pd.Series({n: alloc[n] * numel[n] for n in names})
+        cols[rule] = pruned.groupby(blocks, sort=False).sum() / pd.Series(numel).groupby(blocks, sort=False).sum()
+    out = pd.DataFrame(cols)
+    return out.loc[[M.block_of(g[0]) for g in unit_order(model, names, "block")]]
 
 
 # chance_jaccard and mask_similarity live in masks, next to masks.similarity.

@@ -40,7 +40,8 @@ from .tasks import resolve_task
 from .train import train
 
 # IMPResult, RoundInfo and rollback belong to lthdiff.runs; re-exported for callers of the old names.
-__all__ = ["run_imp", "IMPResult", "RoundInfo", "rollback", "sparsity_schedule", "CONTROLS"]
+__all__ = ["run_imp", "IMPResult", "RoundInfo", "rollback", "sparsity_schedule", "geometric_schedule", "imp_allocation",
+           "CONTROLS"]
 
 DEFAULT_CONTROLS = ("random_reinit", "random_mask")
 Allocation = Callable[..., Mapping[str, float]]
@@ -51,6 +52,21 @@ def sparsity_schedule(rounds: int, prune_per_round: float) -> list[float]:
     if not 0 < prune_per_round < 1:
         raise ValueError(f"prune_per_round must be in (0, 1), got {prune_per_round!r}")
     return [1 - (1 - prune_per_round) ** r for r in range(1, rounds + 1)]
+
+
+def geometric_schedule(target: float, rounds: int) -> list[float]:
+    """Overall sparsity after each of ``rounds`` rounds reaching ``target``: ``1 - (1 - target)^(r / rounds)``,
+    the same pruning ratio every round (the ``sparsity_schedule`` of :func:`run_imp`)."""
+    if not 0 <= target < 1:
+        raise ValueError(f"target must be in [0, 1), got {target!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    return [1 - (1 - target) ** (r / rounds) for r in range(1, rounds + 1)]
+
+
+def imp_allocation(rule: Any) -> Any:
+    """The ``allocation`` argument of :func:`run_imp` for a rule: ``"global"`` is the plain global ranking (None)."""
+    return None if rule == "global" else rule
 
 
 def _parse_rewind(rewind: str, steps_per_round: int) -> int | None:

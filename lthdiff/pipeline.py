@@ -96,7 +96,7 @@ def efficiency(run_dir: str | Path, cfg: Config) -> dict[str, Any]:
 
 def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Run the whole main job for ``cfg``; return paths and the metrics table."""
-    from .imp import run_imp
+    from .imp import imp_allocation, run_imp
     from .registry import Registry
     from .report import build
 
@@ -109,7 +109,7 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     result = run_imp(
         unet, ds, rounds=cfg.imp.rounds, steps_per_round=cfg.train.steps, run_dir=run_dir,
         prune_per_round=cfg.imp.prune_per_round, rewind=cfg.imp.rewind, scope=cfg.imp.scope,
-        allocation=None if cfg.imp.allocation == "global" else cfg.imp.allocation, seed=cfg.train.seed,
+        allocation=imp_allocation(cfg.imp.allocation), seed=cfg.train.seed,
         controls=tuple(cfg.imp.controls), batch_size=cfg.train.batch_size, lr=cfg.train.lr, ema=cfg.train.ema,
         exclude=cfg.imp.exclude or None, checkpoint_every=cfg.train.checkpoint_every, registry=registry,
         progress=progress)
