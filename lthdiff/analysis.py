@@ -30,7 +30,7 @@ from .runs import IMPResult
 from .runtime import positive_int
 from .tasks import check_pair
 
-__all__ = ["evaluate_accuracy", "imp_accuracy", "allocation_block_sparsity", "load_runs", "chance_jaccard", "mask_similarity", "similarity_table", "sparsity_table", "cka",
+__all__ = ["evaluate_accuracy", "imp_accuracy", "allocation_block_sparsity", "with_dense_rows", "load_runs", "chance_jaccard", "mask_similarity", "similarity_table", "sparsity_table", "cka",
            "weight_cka", "cka_table", "pivot", "heatmap"]
 
 Mask = Mapping[str, torch.Tensor]
@@ -123,6 +123,17 @@ def allocation_block_sparsity(rules: Sequence[str], model: torch.nn.Module, targ
         cols[rule] = pruned.groupby(blocks, sort=False).sum() / pd.Series(numel).groupby(blocks, sort=False).sum()
     out = pd.DataFrame(cols)
     return out.loc[[M.block_of(g[0]) for g in unit_order(model, names, "block")]]
+
+
+def with_dense_rows(table):
+    """``table`` (one row per round and variant) with round 0's row repeated for every variant.
+
+    Every control starts from the same dense network, so each variant's curve should start there too.
+    """
+    import pandas as pd
+
+    dense = table[table["round"] == 0].assign(variant="ticket")
+    return pd.concat([dense.assign(variant=v) for v in table["variant"].unique()] + [table[table["round"] > 0]])
 
 
 # chance_jaccard and mask_similarity live in masks, next to masks.similarity.

@@ -16,7 +16,7 @@ from .config import Config
 from .io import read_json, write_json
 from .runs import IMPResult, write_metrics
 
-__all__ = ["build_dataset", "build_model", "run_pipeline", "evaluate_run"]
+__all__ = ["build_dataset", "build_model", "run_pipeline", "evaluate_run", "efficiency"]
 
 
 def build_dataset(cfg: Config, split: str = "train"):
@@ -79,8 +79,13 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_
     return rows
 
 
-def efficiency(run_dir: str | Path, cfg: Config) -> dict[str, Any]:
-    """Parameters, MACs and file sizes of the dense model and the last ticket -> ``efficiency.json``."""
+def efficiency(run_dir: str | Path, cfg: Config, *, sampling_steps: int | None = None,
+               repeats: int = 3) -> dict[str, Any]:
+    """Parameters, MACs and file sizes of every round's ticket -> ``efficiency.json``.
+
+    With ``sampling_steps``, each row also gets the measured sampling speed
+    (:func:`lthdiff.metrics.efficiency.sampling_speed`, batch 16, ``repeats`` timings).
+    """
     from .metrics import efficiency as E
 
     result = IMPResult.load(run_dir)
@@ -88,7 +93,10 @@ def efficiency(run_dir: str | Path, cfg: Config) -> dict[str, Any]:
     rows = []
     for rnd in result.rounds:
         model = rnd.load_model(ema=True)
-        rows.append({"round": rnd.round, "sparsity": rnd.sparsity, **E.summary(model, shape, mask=rnd.load_mask())})
+        row = {"round": rnd.round, "sparsity": rnd.sparsity, **E.summary(model, shape, mask=rnd.load_mask())}
+        if sampling_steps is not None:
+            row.update(E.sampling_speed(model, batch_size=16, steps=sampling_steps, repeats=repeats))
+        rows.append(row)
     out = {"rows": rows}
     write_json(Path(run_dir) / "efficiency.json", out)
     return out
