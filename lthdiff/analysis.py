@@ -22,15 +22,18 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
 
 from . import masks as M
-from .imp import IMPResult
+from .runs import IMPResult
+from .runtime import positive_int
+from .tasks import check_pair
 
-__all__ = ["load_runs", "chance_jaccard", "mask_similarity", "similarity_table", "sparsity_table", "cka",
+__all__ = ["evaluate_accuracy", "imp_accuracy", "allocation_block_sparsity", "with_dense_rows", "load_runs", "chance_jaccard", "mask_similarity", "similarity_table", "sparsity_table", "cka",
            "weight_cka", "cka_table", "pivot", "heatmap"]
 
 Mask = Mapping[str, torch.Tensor]
-
 
 
 def load_runs(runs: Sequence[Any]) -> list[IMPResult]:
@@ -46,14 +49,96 @@ def load_runs(runs: Sequence[Any]) -> list[IMPResult]:
     return out
 
 
-def chance_jaccard(density_a: float, density_b: float) -> float:
-    """Jaccard overlap expected between independent random masks keeping ``density_a`` and ``density_b``.
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 512, device: str | torch.device | None = None) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset`` ((image, label) pairs), a float in [0, 1].
 
-    E|A and B| / E|A or B| = d_a d_b / (d_a + d_b - d_a d_b); the baseline Movva et al. 2021 compare
-    sibling tickets against.
+    Runs in eval mode (BatchNorm running statistics) on ``device`` (default: the model's) and
+    restores the model's mode afterwards.
     """
-    union = density_a + density_b - density_a * density_b
-    return 1.0 if union == 0 else density_a * density_b / union
+    batch_size = positive_int(batch_size, "batch_size")
+    check_pair(model, dataset, "the evaluation dataset")
+    param = next(model.parameters(), None)
+    device = torch.device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
+    moved = param is not None and param.device != device
+    if moved:
+        model = model.to(device)  # nn.Module.to is in place; undone below
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            pred = model(images.to(device)).argmax(1)
+            correct += int((pred.cpu() == torch.as_tensor(labels)).sum())
+    finally:
+        model.train(was_training)
+        if moved:
+            model.to(param.device if param is not None else "cpu")
+    return correct / len(dataset)  # type: ignore[arg-type]
+
+
+def imp_accuracy(result: Any, test_set: Dataset, *, ema: bool = False, batch_size: int = 512,
+                 device: str | torch.device | None = None, progress: bool = False):
+    """Test accuracy of every network of an IMP run, as a pandas DataFrame.
+
+    ``result`` is an :class:`lthdiff.imp.IMPResult` or its run directory.  One row per (round,
+    variant): ``variant`` is ``"ticket"`` or a control name; ``sparsity`` is the fraction of
+    prunable weights removed and ``remaining`` = 1 - sparsity (the x-axis of Frankle & Carbin
+    2019, Fig. 1/3).  Models are the raw trained weights (``ema=False``), which is what classifiers
+    are trained and judged on.  ``device`` defaults to CUDA when available.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    if isinstance(result, (str, Path)):
+        result = IMPResult.load(result)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    infos = [(r.round, info) for r in result.rounds for info in [r, *r.controls.values()]]
+    rows = []
+    for rnd, info in tqdm(infos, desc="evaluate", disable=not progress, leave=False):
+        acc = evaluate_accuracy(info.load_model(ema=ema), test_set, batch_size=batch_size, device=device)
+        rows.append({"round": rnd, "variant": info.variant, "sparsity": info.sparsity,
+                     "remaining": 1 - info.sparsity, "accuracy": acc})
+    return pd.DataFrame(rows, columns=["round", "variant", "sparsity", "remaining", "accuracy"])
+
+
+def allocation_block_sparsity(rules: Sequence[str], model: torch.nn.Module, target: float):
+    """Sparsity each block gets from each allocation rule at overall ``target`` (one shot, no training).
+
+    DataFrame: one row per block (input side first), one column per rule; a block's value is its
+    pruned weights over its prunable weights.
+    """
+    import pandas as pd
+
+    from .pruners.allocation import allocate, unit_order
+
+    names = M.prunable(model)
+    numel = {n: p.numel() for n, p in model.named_parameters() if n in names}
+    blocks = pd.Series({n: M.block_of(n) for n in names})
+    cols = {}
+    for rule in rules:
+        alloc = allocate(rule, model, target)
+        pruned = pd.Series({n: alloc[n] * numel[n] for n in names})
+        cols[rule] = pruned.groupby(blocks, sort=False).sum() / pd.Series(numel).groupby(blocks, sort=False).sum()
+    out = pd.DataFrame(cols)
+    return out.loc[[M.block_of(g[0]) for g in unit_order(model, names, "block")]]
+
+
+def with_dense_rows(table):
+    """``table`` (one row per round and variant) with round 0's row repeated for every variant.
+
+    Every control starts from the same dense network, so each variant's curve should start there too.
+    """
+    import pandas as pd
+
+    dense = table[table["round"] == 0].assign(variant="ticket")
+    return pd.concat([dense.assign(variant=v) for v in table["variant"].unique()] + [table[table["round"] > 0]])
+
+
+# chance_jaccard and mask_similarity live in masks, next to masks.similarity.
+chance_jaccard = M.chance_jaccard
+mask_similarity = M.mask_similarity
 
 
 def _rounds(results: Sequence[IMPResult], variant: str) -> dict[int, list[Any]]:
@@ -86,27 +171,6 @@ def _ordered_units(results: Sequence[IMPResult], names: Sequence[str], by: str) 
 
 def _label(res: IMPResult) -> str:
     return f"{Path(res.run_dir).name} (seed {res.config.get('seed')})"
-
-
-def mask_similarity(masks: Sequence[Mask], by: str = "block"):
-    """Mean pairwise :func:`lthdiff.masks.similarity` of two or more masks, one row per unit.
-
-    Columns ``jaccard``, ``hamming`` (means over all pairs), ``chance_jaccard`` (mean over pairs of
-    :func:`chance_jaccard` at the pair's densities) and ``pairs``; indexed by layer or block.
-    """
-    import pandas as pd
-
-    if len(masks) < 2:
-        raise ValueError(f"mask_similarity needs at least two masks, got {len(masks)}")
-    frames = []
-    for a, b in itertools.combinations(masks, 2):
-        df = M.similarity(a, b, by=by)
-        df["chance_jaccard"] = [chance_jaccard(ka / t, kb / t) if t else 1.0
-                                for ka, kb, t in zip(df["kept_a"], df["kept_b"], df["total"])]
-        frames.append(df[[by, "jaccard", "hamming", "chance_jaccard"]])
-    out = pd.concat(frames).groupby(by, sort=False).mean()
-    out["pairs"] = len(frames)
-    return out
 
 
 def similarity_table(runs: Sequence[Any], by: str = "block", variant: str = "ticket"):
@@ -316,4 +380,4 @@ def _isnan(values):
 
 
 def _check_by(by: str) -> None:
-    M._check_by(by, ("layer", "block"))
+    M.check_by(by, ("layer", "block"))

@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="the whole pipeline from a config (built-in quickstart without one)")
-    p.add_argument("config", nargs="?", help="a .toml/.json/.yaml config (see configs/); default: quickstart")
+    p.add_argument("config", nargs="?", help="a .toml/.json/.yaml config, or a shipped one by name (lthdiff/configs/: mnist, cifar10, ...); default: quickstart")
     p.add_argument("--quick", action="store_true", help="tiny sizes: finishes in ~2 minutes on a CPU")
     p.add_argument("--run-dir", help="override [output] run_dir")
     p.add_argument("--registry", help="override [output] registry (SQLite file)")

@@ -150,9 +150,22 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
-def load_config(path: str | Path) -> Config:
-    """Read a ``.toml``, ``.json`` or ``.yaml`` config file."""
+# Configs shipped with the package: `lthdiff run mnist` (or configs/mnist.toml) works after pip install.
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def config_path(path: str | Path) -> Path:
+    """``path`` if it exists, else the shipped config of that name (``"mnist"``, ``"configs/mnist.toml"``)."""
     path = Path(path)
+    if path.exists():
+        return path
+    shipped = CONFIGS_DIR / (path.name if path.suffix else f"{path.name}.toml")
+    return shipped if shipped.exists() else path
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a ``.toml``, ``.json`` or ``.yaml`` config file (or a shipped config by name, see :func:`config_path`)."""
+    path = config_path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     text = path.read_text()

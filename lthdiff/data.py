@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["DATASETS", "TensorImageDataset", "load_dataset", "to_uint8"]
+__all__ = ["DATASETS", "TensorImageDataset", "load_dataset", "load_labelled", "to_uint8"]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "flowers102", "folder")
 # Natural images get horizontal flips under augment=True; digits and letters must not be mirrored.
@@ -154,3 +154,19 @@ def as_tensor(dataset: Dataset, limit: int | None = None) -> torch.Tensor:
     n = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
     items = [dataset[i] for i in range(n)]
     return torch.stack([x[0] if isinstance(x, (tuple, list)) else x for x in items])
+
+
+def load_labelled(name: str = "digits", image_size: int = 16, split: str = "train", root: str | Path = "data") -> Dataset:
+    """A dataset of ``(image in [-1, 1], label)`` pairs for the classifier experiments.
+
+    ``digits`` is in memory (offline); ``mnist``, ``fashion-mnist`` and ``cifar10`` come from
+    torchvision (downloaded where there is network), with the same transforms as
+    :func:`lthdiff.data.load_dataset`.
+    """
+    if name == "digits":
+        return load_dataset("digits", image_size=image_size, split=split, root=root, labels=True)
+    if name not in ("mnist", "fashion-mnist", "cifar10"):
+        raise ValueError(f"unknown labelled dataset {name!r}; accepted: 'digits', 'mnist', 'fashion-mnist', 'cifar10'")
+    images_only = load_dataset(name, image_size=image_size, split=split, root=root)
+    # load_dataset(labels=True) refuses torchvision sets; its wrapper drops the label of `.base`.
+    return images_only.base

@@ -20,9 +20,6 @@ killed process resumes where it stopped, and the result equals an uninterrupted 
 """
 from __future__ import annotations
 
-import shutil
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -33,98 +30,21 @@ from tqdm.auto import tqdm
 
 from . import masks as M
 from . import pruners
-from .io import read_json, tensors_digest, write_json
+from .controls import CONTROLS, RoundContext
+from .io import tensors_digest
 from .models import load_model, save_model
-from .train import TrainResult, _mix, process_state, resolve_task, train
+from .runs import (IMPResult, RegistryLog, RoundInfo, check_or_write_config, copy_network, rollback,
+                   write_round)
+from .runtime import process_state
+from .tasks import resolve_task
+from .train import train
 
-__all__ = ["run_imp", "IMPResult", "RoundInfo", "rollback", "sparsity_schedule", "CONTROLS"]
+# IMPResult, RoundInfo and rollback belong to lthdiff.runs; re-exported for callers of the old names.
+__all__ = ["run_imp", "IMPResult", "RoundInfo", "rollback", "sparsity_schedule", "geometric_schedule", "imp_allocation",
+           "CONTROLS"]
 
-CONTROLS = ("random_reinit", "random_mask", "one_shot")
 DEFAULT_CONTROLS = ("random_reinit", "random_mask")
-# Arguments that may change between calls on the same run_dir: extending a run (more rounds, or
-# a control added later, e.g. by notebook 04) is natural; completed networks are never retrained.
-_MUTABLE_ARGS = {"rounds", "controls"}
-
 Allocation = Callable[..., Mapping[str, float]]
-
-
-@dataclass
-class RoundInfo:
-    """One trained network of an IMP run: the ticket of a round, or one of its controls."""
-
-    round: int
-    sparsity: float
-    dir: Path
-    final_loss: float
-    seconds: float
-    variant: str = "ticket"
-    controls: dict[str, "RoundInfo"] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def mask_path(self) -> Path:
-        return self.dir / "mask.safetensors"
-
-    @property
-    def model_path(self) -> Path:
-        return self.dir / "model"
-
-    @property
-    def ema_path(self) -> Path:
-        return self.dir / "ema"
-
-    def load_model(self, ema: bool = True) -> nn.Module:
-        """The trained network of this round (EMA weights by default, if saved)."""
-        return load_model(self.ema_path if ema and self.ema_path.exists() else self.model_path)
-
-    def load_mask(self) -> dict[str, torch.Tensor]:
-        return M.load(self.mask_path)[0]
-
-    @classmethod
-    def from_dir(cls, d: Path, variant: str = "ticket") -> "RoundInfo":
-        s = read_json(d / "summary.json")
-        info = cls(round=s["round"], sparsity=s["sparsity"], dir=d, final_loss=s["final_loss"],
-                   seconds=s["seconds"], variant=variant, summary=s)
-        cdir = d / "controls"
-        if cdir.is_dir():
-            for c in sorted(cdir.iterdir()):
-                if (c / "summary.json").exists():
-                    info.controls[c.name] = cls.from_dir(c, variant=c.name)
-        return info
-
-
-@dataclass
-class IMPResult:
-    """The completed rounds of an IMP run directory."""
-
-    run_dir: Path
-    config: dict[str, Any]
-    rounds: list[RoundInfo]
-
-    @classmethod
-    def load(cls, run_dir: str | Path) -> "IMPResult":
-        """Read a run directory written by :func:`run_imp` (complete rounds only)."""
-        run_dir = Path(run_dir)
-        if not (run_dir / "config.json").exists():
-            raise FileNotFoundError(f"{run_dir} is not an IMP run directory (no config.json)")
-        rounds = [RoundInfo.from_dir(d) for d in sorted(run_dir.glob("round_[0-9][0-9]"))
-                  if (d / "summary.json").exists()]
-        return cls(run_dir=run_dir, config=read_json(run_dir / "config.json"), rounds=rounds)
-
-    def table(self):
-        """A pandas DataFrame: one row per (round, variant) with sparsity and final loss."""
-        import pandas as pd
-
-        rows = []
-        for r in self.rounds:
-            for info in [r, *r.controls.values()]:
-                rows.append({"round": r.round, "variant": info.variant, "sparsity": info.sparsity,
-                             "final_loss": info.final_loss, "seconds": info.seconds})
-        return pd.DataFrame(rows)
-
-    @property
-    def final(self) -> RoundInfo:
-        return self.rounds[-1]
 
 
 def sparsity_schedule(rounds: int, prune_per_round: float) -> list[float]:
@@ -132,6 +52,21 @@ def sparsity_schedule(rounds: int, prune_per_round: float) -> list[float]:
     if not 0 < prune_per_round < 1:
         raise ValueError(f"prune_per_round must be in (0, 1), got {prune_per_round!r}")
     return [1 - (1 - prune_per_round) ** r for r in range(1, rounds + 1)]
+
+
+def geometric_schedule(target: float, rounds: int) -> list[float]:
+    """Overall sparsity after each of ``rounds`` rounds reaching ``target``: ``1 - (1 - target)^(r / rounds)``,
+    the same pruning ratio every round (the ``sparsity_schedule`` of :func:`run_imp`)."""
+    if not 0 <= target < 1:
+        raise ValueError(f"target must be in [0, 1), got {target!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    return [1 - (1 - target) ** (r / rounds) for r in range(1, rounds + 1)]
+
+
+def imp_allocation(rule: Any) -> Any:
+    """The ``allocation`` argument of :func:`run_imp` for a rule: ``"global"`` is the plain global ranking (None)."""
+    return None if rule == "global" else rule
 
 
 def _parse_rewind(rewind: str, steps_per_round: int) -> int | None:
@@ -244,8 +179,8 @@ def run_imp(
         "dataset": getattr(dataset, "name", type(dataset).__name__), "dataset_size": len(dataset),
         "init_digest": tensors_digest(init_state),
     }
-    config = _check_or_write_config(run_dir, config)
-    exp_id, reg = _registry_experiment(registry, run_dir, config)
+    config = check_or_write_config(run_dir, config)
+    log = RegistryLog(registry, run_dir, config)
 
     rewind_dir = run_dir / "rewind"
     train_kw = dict(batch_size=batch_size, lr=lr, seed=seed, ema=ema, task=task_obj,
@@ -278,7 +213,7 @@ def run_imp(
                             desc="round 0 (dense)", **train_kw)
                 if rewind_step == 0 and not rewind_dir.exists():
                     _on_main(save_model, _fresh(unet, init_state), rewind_dir)
-                _on_main(_finish, rdir, res, mask, r, extra={"target_sparsity": 0.0})
+                _on_main(write_round, rdir, res, mask, r, extra={"target_sparsity": 0.0})
         else:
             prev = RoundInfo.from_dir(run_dir / f"round_{r - 1:02d}")
             trained = prev.load_model(ema=False)
@@ -289,36 +224,29 @@ def run_imp(
                 start = trained if rewind_step is None else load_model(rewind_dir)
                 res = train(start, dataset, steps, checkpoint_dir=rdir / "ckpt", mask=mask,
                             desc=f"round {r} ticket ({target:.1%})", **train_kw)
-                _on_main(_finish, rdir, res, mask, r, extra={"target_sparsity": target, "rewind": rewind})
+                _on_main(write_round, rdir, res, mask, r, extra={"target_sparsity": target, "rewind": rewind})
+            ctx = RoundContext(round=r, target=target, mask=mask, trained=trained, template=unet, seed=seed,
+                               run_dir=run_dir, rewind_dir=rewind_dir, rewind_step=rewind_step, prune=prune,
+                               include=include, exclude=exclude)
             for name in controls:
                 cdir = rdir / "controls" / name
                 if (cdir / "summary.json").exists():
                     continue
-                if name == "one_shot" and r == 1:
-                    # Round 1 prunes the dense weights from a full mask: one-shot *is* the ticket.
-                    _on_main(_copy_network, rdir, cdir, {"variant": name, "same_as": "ticket"})
+                plan = CONTROLS[name].start_and_mask(ctx)
+                if plan is None:  # the control is this round's ticket (one-shot in round 1): copy it
+                    _on_main(copy_network, rdir, cdir, {"variant": name, "same_as": "ticket"})
                     continue
-                if name == "random_reinit":
-                    cmask, start = mask, _reinit(unet, _mix(seed, r, 0x5EED))
-                elif name == "one_shot":
-                    dense = RoundInfo.from_dir(run_dir / "round_00").load_model(ema=False)
-                    cmask = prune(dense, target, M.ones(dense, include=include, exclude=exclude), r)
-                    start = dense if rewind_step is None else load_model(rewind_dir)
-                else:
-                    cmask = pruners.random_like(mask, seed=_mix(seed, r, 0x3A5C))
-                    start = trained if rewind_step is None else load_model(rewind_dir)
+                start, cmask = plan
                 res = train(start, dataset, steps, checkpoint_dir=cdir / "ckpt", mask=cmask,
                             desc=f"round {r} {name}", **train_kw)
-                _on_main(_finish, cdir, res, cmask, r, extra={"target_sparsity": target, "variant": name})
+                _on_main(write_round, cdir, res, cmask, r, extra={"target_sparsity": target, "variant": name})
         info = RoundInfo.from_dir(rdir)
-        if reg is not None:
-            _log_round(reg, exp_id, info)
+        log(info)
         if on_round is not None:
             on_round(info)
         bar.update(1)
     bar.close()
-    if reg is not None:
-        reg.set_status(exp_id, "completed")
+    log.completed()
     return IMPResult.load(run_dir)
 
 
@@ -344,19 +272,6 @@ def _fresh(template: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
     return model
 
 
-def _reinit(template: nn.Module, seed: int) -> nn.Module:
-    """The same architecture with a new random initialisation (the random-reinit control)."""
-    import copy
-
-    model = copy.deepcopy(template)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for m in model.modules():
-            if m is not model and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-    return model
-
-
 def _on_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """Under ``accelerate launch`` every process runs IMP in step; only the main one writes a
     round's files, and the others wait so they read the finished round, not a half-written one."""
@@ -364,99 +279,3 @@ def _on_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     if state.is_main_process:
         fn(*args, **kwargs)
     state.wait_for_everyone()
-
-
-def _finish(d: Path, res: TrainResult, mask: Mapping[str, torch.Tensor], r: int, extra: dict[str, Any]) -> None:
-    """Write a round's artefacts; summary.json goes last because it marks the round complete."""
-    M.save(d / "mask.safetensors", mask, metadata={"round": r})
-    save_model(res.model, d / "model")
-    if res.ema is not None:
-        save_model(res.ema, d / "ema")
-    write_json(d / "losses.json", res.losses)
-    tail = res.losses[-max(1, min(50, len(res.losses) // 10)):]
-    rep = M.report(mask, by="layer")
-    summary = {"round": r, "sparsity": M.sparsity(mask), "final_loss": sum(tail) / len(tail),
-               "steps": res.steps, "seconds": res.seconds,
-               "layer_sparsity": dict(zip(rep.index if rep.index.dtype == object else rep["layer"],
-                                          rep["sparsity"].tolist())),
-               **extra}
-    write_json(d / "summary.json", summary)
-    shutil.rmtree(d / "ckpt", ignore_errors=True)
-
-
-def _copy_network(src: Path, dst: Path, extra: dict[str, Any]) -> None:
-    """Copy a finished network's artefacts (summary last, as it marks completion)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("mask.safetensors", "losses.json"):
-        shutil.copy2(src / name, dst / name)
-    for name in ("model", "ema"):
-        if (src / name).exists():
-            shutil.rmtree(dst / name, ignore_errors=True)
-            shutil.copytree(src / name, dst / name)
-    write_json(dst / "summary.json", {**read_json(src / "summary.json"), **extra})
-
-
-def _check_or_write_config(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
-    path = run_dir / "config.json"
-    if not path.exists():
-        write_json(path, config)
-        return config
-    import json
-
-    saved = read_json(path)
-    fresh = json.loads(json.dumps(config, default=str))
-    diff = {k for k in set(saved) | set(fresh) if saved.get(k) != fresh.get(k) and k not in _MUTABLE_ARGS}
-    if diff:
-        detail = "; ".join(f"{k}: stored {saved.get(k)!r}, given {fresh.get(k)!r}" for k in sorted(diff))
-        raise ValueError(f"{run_dir} holds an IMP run with different arguments ({detail}). "
-                         "Use the same arguments to resume, or a new run_dir.")
-    if any(saved.get(k) != fresh.get(k) for k in _MUTABLE_ARGS):
-        write_json(path, fresh)
-    return fresh
-
-
-def _registry_experiment(registry: Any, run_dir: Path, config: dict[str, Any]):
-    if registry is None or not process_state().is_main_process:  # one row per experiment, not per process
-        return None, None
-    from .registry import Registry
-
-    reg = registry if isinstance(registry, Registry) else Registry(registry)
-    exp = reg.find_experiment(run_dir)
-    if exp is None:
-        model_id = reg.get_or_create_model(config["model_class"], config["model_config"])
-        ds_id = reg.get_or_create_dataset(config["dataset"], image_size=config["model_config"].get("sample_size"))
-        exp = reg.start_experiment(model_id=model_id, dataset_id=ds_id, method="imp", config=config,
-                                   seed=config["seed"], run_dir=run_dir)
-    else:  # a resumed (or extended) run is running again until its last round is written
-        reg.set_status(exp, "running")
-    return exp, reg
-
-
-def _log_round(reg: Any, exp_id: int, info: RoundInfo) -> None:
-    metrics = {"final_loss": info.final_loss, "sparsity": info.sparsity}
-    reg.log_round(exp_id, info.round, info.summary.get("layer_sparsity", {}), metrics)
-    for name, c in info.controls.items():
-        reg.log_metrics(exp_id, info.round, {"final_loss": c.final_loss}, variant=name)
-
-
-def rollback(run_dir: str | Path, round: int) -> Path:
-    """Make ``round`` the last completed round of ``run_dir``, keeping later rounds in a branch.
-
-    Rounds after ``round`` move to ``run_dir/branches/branch_NN/`` (nothing is deleted); calling
-    :func:`run_imp` again with the same arguments continues from ``round``'s model and mask.
-    Returns the branch folder.
-    """
-    run_dir = Path(run_dir)
-    done = IMPResult.load(run_dir).rounds
-    if not any(r.round == round for r in done):
-        raise ValueError(f"round {round} is not a completed round of {run_dir}; completed: "
-                         f"{[r.round for r in done]}")
-    later = sorted(d for d in run_dir.glob("round_[0-9][0-9]") if int(d.name[6:]) > round)
-    n = len(list((run_dir / "branches").glob("branch_*"))) if (run_dir / "branches").exists() else 0
-    branch = run_dir / "branches" / f"branch_{n:02d}"
-    branch.mkdir(parents=True)
-    for d in later:
-        d.rename(branch / d.name)
-    write_json(branch / "info.json", {"rolled_back_to": round, "moved": [d.name for d in later],
-                                      "time": time.time()})
-    return branch

@@ -12,6 +12,7 @@ Layer/block vocabulary for a diffusers ``UNet2DModel``: ``block_of("down_blocks.
 from __future__ import annotations
 
 import difflib
+import itertools
 import fnmatch
 import os
 from pathlib import Path
@@ -199,7 +200,7 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def _check_by(by: str, accepted: Iterable[str]) -> None:
+def check_by(by: str, accepted: Iterable[str]) -> None:
     accepted = tuple(accepted)
     if by not in accepted:
         raise ValueError(f"unknown by={by!r}; accepted: {list(accepted)}")
@@ -227,7 +228,7 @@ def report(mask: Mapping[str, torch.Tensor], by: str = "layer"):
     ``kind``, and grouped rows a ``layers`` count.  Rows follow model order; rows sum to
     :func:`count`.
     """
-    _check_by(by, _GROUPS)
+    check_by(by, _GROUPS)
     rows = []
     for name, m in mask.items():
         kept, total = int(m.sum()), m.numel()
@@ -262,7 +263,7 @@ def similarity(mask_a: Mapping[str, torch.Tensor], mask_b: Mapping[str, torch.Te
     This is the ticket-overlap analysis of Jiang et al. 2023 (arXiv:2310.18823).
     Other columns: ``total``, ``kept_a``, ``kept_b``, ``intersection``, ``union``, ``differ``.
     """
-    _check_by(by, _GROUPS + ("overall",))
+    check_by(by, _GROUPS + ("overall",))
     _check_same_layout(mask_a, mask_b)
     rows = []
     for name, a in mask_a.items():
@@ -369,3 +370,34 @@ def to_torch_prune(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> nn.Mod
         module = modules[mname]
         prune.custom_from_mask(module, tname, mask=m.to(getattr(module, tname).device))
     return model
+
+
+def chance_jaccard(density_a: float, density_b: float) -> float:
+    """Jaccard overlap expected between independent random masks keeping ``density_a`` and ``density_b``.
+
+    E|A and B| / E|A or B| = d_a d_b / (d_a + d_b - d_a d_b); the baseline Movva et al. 2021 compare
+    sibling tickets against.
+    """
+    union = density_a + density_b - density_a * density_b
+    return 1.0 if union == 0 else density_a * density_b / union
+
+
+def mask_similarity(masks: Sequence[Mask], by: str = "block"):
+    """Mean pairwise :func:`lthdiff.masks.similarity` of two or more masks, one row per unit.
+
+    Columns ``jaccard``, ``hamming`` (means over all pairs), ``chance_jaccard`` (mean over pairs of
+    :func:`chance_jaccard` at the pair's densities) and ``pairs``; indexed by layer or block.
+    """
+    import pandas as pd
+
+    if len(masks) < 2:
+        raise ValueError(f"mask_similarity needs at least two masks, got {len(masks)}")
+    frames = []
+    for a, b in itertools.combinations(masks, 2):
+        df = similarity(a, b, by=by)
+        df["chance_jaccard"] = [chance_jaccard(ka / t, kb / t) if t else 1.0
+                                for ka, kb, t in zip(df["kept_a"], df["kept_b"], df["total"])]
+        frames.append(df[[by, "jaccard", "hamming", "chance_jaccard"]])
+    out = pd.concat(frames).groupby(by, sort=False).mean()
+    out["pairs"] = len(frames)
+    return out

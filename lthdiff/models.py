@@ -148,7 +148,7 @@ def load_model(folder: str | Path):
 
     folder = Path(folder)
     if (folder / "lthdiff_model.json").exists():
-        from .classify import build
+        from .classifiers import build
 
         model = build(**read_json(folder / "lthdiff_model.json"))
         state, _ = load_tensors(folder / "model.safetensors")

@@ -14,8 +14,9 @@ import torch
 
 from .config import Config
 from .io import read_json, write_json
+from .runs import IMPResult, write_metrics
 
-__all__ = ["build_dataset", "build_model", "run_pipeline", "evaluate_run"]
+__all__ = ["build_dataset", "build_model", "run_pipeline", "evaluate_run", "efficiency"]
 
 
 def build_dataset(cfg: Config, split: str = "train"):
@@ -47,7 +48,6 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_
 
     Rounds already evaluated with the same settings are skipped, so the stage resumes.
     """
-    from .imp import IMPResult
     from .metrics import evaluate
     from .metrics.fidelity import resolve_extractor
     from .sampling import image_grid, sample
@@ -70,8 +70,7 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_
                 image_grid(images[: cfg.eval.grid], scale=4).save(info.dir / "samples.png")
                 res = evaluate(images, cfg.data.name, image_size=cfg.data.image_size,
                                feature_extractor=extractor)
-                cached = {"settings": settings, "metrics": res.metrics, "extractor": res.extractor}
-                write_json(path, cached)
+                cached = write_metrics(info.dir, res.metrics, settings=settings, extractor=res.extractor)
                 if registry is not None and exp_id is not None:
                     registry.log_metrics(exp_id, rnd.round, cached["metrics"], extractor=res.extractor,
                                          settings=settings, variant=info.variant)
@@ -80,9 +79,13 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_
     return rows
 
 
-def efficiency(run_dir: str | Path, cfg: Config) -> dict[str, Any]:
-    """Parameters, MACs and file sizes of the dense model and the last ticket -> ``efficiency.json``."""
-    from .imp import IMPResult
+def efficiency(run_dir: str | Path, cfg: Config, *, sampling_steps: int | None = None,
+               repeats: int = 3) -> dict[str, Any]:
+    """Parameters, MACs and file sizes of every round's ticket -> ``efficiency.json``.
+
+    With ``sampling_steps``, each row also gets the measured sampling speed
+    (:func:`lthdiff.metrics.efficiency.sampling_speed`, batch 16, ``repeats`` timings).
+    """
     from .metrics import efficiency as E
 
     result = IMPResult.load(run_dir)
@@ -90,7 +93,10 @@ def efficiency(run_dir: str | Path, cfg: Config) -> dict[str, Any]:
     rows = []
     for rnd in result.rounds:
         model = rnd.load_model(ema=True)
-        rows.append({"round": rnd.round, "sparsity": rnd.sparsity, **E.summary(model, shape, mask=rnd.load_mask())})
+        row = {"round": rnd.round, "sparsity": rnd.sparsity, **E.summary(model, shape, mask=rnd.load_mask())}
+        if sampling_steps is not None:
+            row.update(E.sampling_speed(model, batch_size=16, steps=sampling_steps, repeats=repeats))
+        rows.append(row)
     out = {"rows": rows}
     write_json(Path(run_dir) / "efficiency.json", out)
     return out
@@ -98,7 +104,7 @@ def efficiency(run_dir: str | Path, cfg: Config) -> dict[str, Any]:
 
 def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Run the whole main job for ``cfg``; return paths and the metrics table."""
-    from .imp import run_imp
+    from .imp import imp_allocation, run_imp
     from .registry import Registry
     from .report import build
 
@@ -111,11 +117,11 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     result = run_imp(
         unet, ds, rounds=cfg.imp.rounds, steps_per_round=cfg.train.steps, run_dir=run_dir,
         prune_per_round=cfg.imp.prune_per_round, rewind=cfg.imp.rewind, scope=cfg.imp.scope,
-        allocation=None if cfg.imp.allocation == "global" else cfg.imp.allocation, seed=cfg.train.seed,
+        allocation=imp_allocation(cfg.imp.allocation), seed=cfg.train.seed,
         controls=tuple(cfg.imp.controls), batch_size=cfg.train.batch_size, lr=cfg.train.lr, ema=cfg.train.ema,
         exclude=cfg.imp.exclude or None, checkpoint_every=cfg.train.checkpoint_every, registry=registry,
         progress=progress)
-    from .train import process_state
+    from .runtime import process_state
 
     if not process_state().is_main_process:  # under `accelerate launch`, training was data-parallel; the rest is not
         return {"run_dir": run_dir, "report": None, "markdown": None, "rows": [], "result": result}

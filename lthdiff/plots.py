@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["loss_curve", "sparsity_curve", "sparsity_curve_interactive", "sparsity_heatmap", "image_panels", "to_png", "data_uri", "close"]
+__all__ = ["loss_curve", "sparsity_curve", "sparsity_curve_interactive", "sparsity_heatmap", "image_panels", "to_png", "data_uri", "close", "plot_accuracy"]
 
 # Frankle & Carbin plot tickets against the percentage of weights remaining on a log axis
 _REMAINING = "weights remaining (%)"
@@ -283,3 +283,47 @@ def close(fig: Any) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def plot_accuracy(df, ax=None, variants: Sequence[str] | None = None, title: str | None = None):
+    """Accuracy vs fraction of weights remaining (log x, decreasing), one line per variant.
+
+    ``df`` holds :func:`imp_accuracy` rows, optionally for several seeds (a ``seed`` column):
+    lines are the mean over seeds with +-1 std error bars, as Frankle & Carbin 2019, Fig. 1/3.
+    Returns the matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+
+    labels = {"ticket": "winning ticket (rewind)", "random_reinit": "random reinit", "random_mask": "random mask"}
+    if variants is None:  # ticket first, then the controls, whatever order the rows came in
+        present = list(dict.fromkeys(df["variant"]))
+        variants = [v for v in labels if v in present] + [v for v in present if v not in labels]
+    dense = df[df["round"] == 0]
+    for v in variants:
+        part = df[df["variant"] == v]
+        if v != "ticket":  # every control starts from the same dense network (round 0)
+            part = pd.concat([dense, part])
+        g = part.groupby("round").agg(remaining=("remaining", "mean"), mean=("accuracy", "mean"),
+                                      std=("accuracy", "std")).fillna(0.0)
+        ax.errorbar(g["remaining"] * 100, g["mean"] * 100, yerr=g["std"] * 100, marker="o", ms=3,
+                    capsize=3, label=labels.get(v, v))
+    if not dense.empty:
+        ax.axhline(dense["accuracy"].mean() * 100, color="gray", ls="--", lw=1, label="dense")
+    ax.set_xscale("log")
+    lo = df["remaining"].min() * 100
+    ax.xaxis.set_major_locator(FixedLocator([t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1) if t >= lo * 0.9]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.invert_xaxis()
+    ax.set_xlabel("percent of weights remaining (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return ax

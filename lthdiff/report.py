@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 from . import masks as M
 from . import plots
 from .io import atomic_path, read_json
+from .runs import IMPResult, read_losses, read_metrics
 
 __all__ = ["ReportPaths", "build", "results_table", "wide_table", "block_sparsity", "read_metrics",
            "screenshot", "main"]
@@ -47,24 +48,7 @@ class ReportPaths:
 
 
 # ------------------------------------------------------------------------------ tables
-def read_metrics(directory: str | os.PathLike) -> dict[str, float]:
-    """Numeric metrics in ``directory/metrics.json``: either ``{metric: value}`` or
-    ``{"metrics": {metric: value}, "settings": ..., "extractor": ...}`` (as the pipeline writes)."""
-    path = Path(directory) / "metrics.json"
-    if not path.exists():
-        return {}
-    data = read_json(path)
-    if isinstance(data, Mapping) and isinstance(data.get("metrics"), Mapping):
-        data = data["metrics"]
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path} must hold a JSON object {{metric: value}}, got {type(data).__name__}")
-    return {str(k): float(v) for k, v in data.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 def _load(run: Any):
-    from .imp import IMPResult
-
     return run if isinstance(run, IMPResult) else IMPResult.load(run)
 
 
@@ -246,7 +230,7 @@ def _figures(result: Any, long: Any, blocks: Any) -> list[tuple[str, str]]:
         mat.columns = [f"r{c} ({sp[c]:.0%})" for c in mat.columns]
         out.append(("Sparsity per block", _figure(plots.sparsity_heatmap(
             mat, title="fraction of weights pruned per UNet block (ticket)"), "per-block sparsity by round")))
-    losses = {f"round {r.round} ({r.sparsity:.0%})": read_json(r.dir / "losses.json")
+    losses = {f"round {r.round} ({r.sparsity:.0%})": read_losses(r)
               for r in result.rounds if (r.dir / "losses.json").exists()}
     losses = {k: v for k, v in losses.items() if isinstance(v, list) and v}
     if losses:
@@ -258,10 +242,10 @@ def _figures(result: Any, long: Any, blocks: Any) -> list[tuple[str, str]]:
         figs = _figure(plots.loss_curve(losses, title="training loss of each round's ticket", ax=axes()),
                        "ticket losses")
         last = result.rounds[-1]
-        ctrl = {name: read_json(c.dir / "losses.json") for name, c in last.controls.items()
+        ctrl = {name: read_losses(c) for name, c in last.controls.items()
                 if (c.dir / "losses.json").exists()}
         if ctrl and (last.dir / "losses.json").exists():
-            ctrl = {"ticket": read_json(last.dir / "losses.json"), **ctrl}
+            ctrl = {"ticket": read_losses(last), **ctrl}
             figs += _figure(plots.loss_curve(ctrl, title=f"round {last.round}: ticket vs controls", ax=axes()),
                             f"round {last.round} losses, ticket and controls")
         out.append(("Training loss", figs))

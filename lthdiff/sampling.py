@@ -14,7 +14,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .data import to_uint8
-from .train import make_scheduler
+from .tasks import make_scheduler
 
 __all__ = ["SAMPLERS", "scheduler", "sample", "pipeline", "image_grid", "show_grid"]
 

@@ -1,9 +1,8 @@
 """Training loop shared by dense baselines, ticket retraining and classifiers.
 
 One loop, built on ``accelerate`` (CPU, one GPU, or several with ``accelerate launch``), with a
-pluggable :class:`Task` that supplies the loss: :class:`DiffusionTask` is the DDPM
-epsilon-prediction objective (Ho et al. 2020, Eq. 14, "L_simple"); the classifier task lives in
-:mod:`lthdiff.classify`.  A mask, if given, is re-applied after every optimizer step (and to the
+pluggable :class:`lthdiff.tasks.Task` that supplies the loss (:mod:`lthdiff.tasks`: DDPM
+epsilon-prediction, Ho et al. 2020, Eq. 14, or cross-entropy for the classifiers).  A mask, if given, is re-applied after every optimizer step (and to the
 EMA copy) so pruned weights stay exactly zero, as in Frankle & Carbin 2018, Sec. 2.
 
 Randomness is *stateless*: the data order of epoch ``e`` and the noise of step ``s`` are derived
@@ -19,93 +18,21 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .io import CorruptFileError, atomic_path, read_json, tensors_digest, write_json
+from .runtime import mix_seed, process_state
+from .tasks import DiffusionTask, Task, make_scheduler, resolve_task
 
-__all__ = ["Task", "DiffusionTask", "TrainResult", "train", "make_scheduler", "MaskEnforcer"]
-
-
-def make_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "linear"):
-    """The DDPM noise schedule used for training and (by default) sampling (Ho et al. 2020)."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
-
-
-class Task(Protocol):
-    """What a training objective supplies to :func:`train`."""
-
-    name: str
-    default_lr: float
-
-    def check(self, model: nn.Module, dataset: Dataset) -> None: ...
-    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> torch.Tensor: ...
-    def config(self) -> dict[str, Any]: ...
-
-
-class DiffusionTask:
-    """DDPM epsilon-prediction: ``|| eps - eps_theta(sqrt(a_t) x0 + sqrt(1-a_t) eps, t) ||^2``.
-
-    Ho et al. 2020, "Denoising Diffusion Probabilistic Models", Eq. 14 (L_simple), with ``t``
-    uniform over the ``num_train_timesteps`` steps of a DDPMScheduler.
-    """
-
-    name = "diffusion"
-    default_lr = 1e-3
-
-    def __init__(self, num_train_timesteps: int = 1000, beta_schedule: str = "linear") -> None:
-        self.num_train_timesteps = num_train_timesteps
-        self.beta_schedule = beta_schedule
-        self.scheduler = make_scheduler(num_train_timesteps, beta_schedule)
-
-    def check(self, model: nn.Module, dataset: Dataset) -> None:
-        cfg = getattr(model, "config", None)
-        if cfg is None or not hasattr(cfg, "sample_size"):
-            raise ValueError("the diffusion task trains a diffusers UNet2DModel; got "
-                             f"{type(model).__name__} (use task='classification' for classifiers)")
-        x = _images(dataset[0])
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-        if tuple(x.shape[-2:]) != (size, size) or x.shape[0] != cfg.in_channels:
-            raise ValueError(
-                f"dataset images have shape {tuple(x.shape)} but the UNet expects "
-                f"({cfg.in_channels}, {size}, {size}) (sample_size={size}); load the dataset with "
-                f"image_size={size} or build the UNet with sample_size={x.shape[-1]}, in_channels={x.shape[0]}")
-
-    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> torch.Tensor:
-        x0 = _images(batch)
-        # Draw on CPU from the stateless generator so CPU and GPU runs see the same noise.
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-        t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
-        noisy = self.scheduler.add_noise(x0, noise, t)
-        return F.mse_loss(model(noisy, t).sample, noise)
-
-    def config(self) -> dict[str, Any]:
-        return {"task": self.name, "num_train_timesteps": self.num_train_timesteps,
-                "beta_schedule": self.beta_schedule}
-
-
-def _images(batch: Any) -> torch.Tensor:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-def resolve_task(task: "str | Task") -> "Task":
-    """Turn ``"diffusion"`` / ``"classification"`` into a task object; pass objects through."""
-    if not isinstance(task, str):
-        return task
-    if task == "diffusion":
-        return DiffusionTask()
-    if task == "classification":
-        from .classify import ClassificationTask
-
-        return ClassificationTask()
-    raise ValueError(f"unknown task {task!r}; accepted: 'diffusion', 'classification' or a Task object")
+# Task, DiffusionTask, make_scheduler and process_state are re-exported from their owners
+# (:mod:`lthdiff.tasks`, :mod:`lthdiff.runtime`) for callers of the old names.
+__all__ = ["Task", "DiffusionTask", "TrainResult", "train", "make_scheduler", "MaskEnforcer", "load_checkpoint",
+           "process_state", "resolve_task"]
 
 
 class MaskEnforcer:
@@ -164,14 +91,8 @@ class TrainResult:
         return self.ema if self.ema is not None else self.model
 
 
-def _mix(*ints: int) -> int:
-    """A 63-bit seed from several integers (stable across runs and platforms)."""
-    h = hashlib.blake2b(repr(ints).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
 def _epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int) -> DataLoader:
-    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(_mix(seed, epoch, 0xDA7A)))
+    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(mix_seed(seed, epoch, 0xDA7A)))
     return DataLoader(Subset(dataset, perm.tolist()), batch_size=batch_size, shuffle=False,
                       drop_last=len(dataset) >= batch_size)
 
@@ -226,19 +147,6 @@ def _check_args(steps: Any, dataset: Dataset, batch_size: Any) -> None:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("the dataset is empty (0 items); pass a dataset with at least one image")
-
-
-def process_state():
-    """accelerate's ``PartialState`` for this process, honouring ``ACCELERATE_USE_CPU`` as ``Accelerator`` does.
-
-    Under ``torchrun``/``accelerate launch`` it says which process is the main one; in a plain
-    Python process it is the single, main process.  ``PartialState()`` alone ignores the variable,
-    and whichever is created first fixes the state, so multi-process CPU runs need this one.
-    """
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def train(
@@ -337,8 +245,8 @@ def train(
         if offset:
             loader = accelerator.skip_first_batches(loader, offset)
         for batch in loader:
-            gen = torch.Generator().manual_seed(_mix(seed, step, accelerator.process_index))
-            torch.manual_seed(_mix(seed, step, accelerator.process_index, 1))  # dropout
+            gen = torch.Generator().manual_seed(mix_seed(seed, step, accelerator.process_index))
+            torch.manual_seed(mix_seed(seed, step, accelerator.process_index, 1))  # dropout
             model.train()
             loss = task_obj.loss(model, batch, gen)
             if not torch.isfinite(loss):

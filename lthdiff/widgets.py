@@ -10,9 +10,7 @@ import os
 from typing import Any
 
 
-def is_quick() -> bool:
-    """True when ``LTHDIFF_QUICK=1``: tiny sizes and few steps, for CI and smoke tests."""
-    return os.environ.get("LTHDIFF_QUICK", "0") not in ("", "0", "false", "False")
+from .runtime import is_quick  # noqa: E402,F401 - notebooks import it from here
 
 
 def in_colab_or_kaggle() -> bool:

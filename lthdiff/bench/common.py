@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from ..io import write_json
 from ..io import atomic_path
+from ..metrics.efficiency import median_time  # noqa: F401 - benchmarks time with the library's clock
 
 
 def machine() -> dict[str, Any]:
@@ -21,22 +20,6 @@ def machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, cuda: bool = False) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -61,12 +44,13 @@ def write_results(out_dir: str | Path, name: str, payload: dict[str, Any], markd
     return j, out_dir / f"{name}.md"
 
 
-RECORDED = Path(__file__).resolve().parents[2] / "data" / "bench"
+# Recorded results ship inside the package, so an installed wheel finds them too.
+RECORDED = Path(__file__).resolve().parent / "results"
 
 
 def find_results(name: str, out_dir: str | Path = "bench_results") -> Path | None:
     """``<out_dir>/<name>.json`` from a fresh local run if there is one, else the run recorded in the
-    repository (``data/bench/``, present in a git checkout, not in a wheel); ``None`` when neither exists."""
+    package (``lthdiff/bench/results/``); ``None`` when neither exists."""
     for path in (Path(out_dir) / f"{name}.json", RECORDED / f"{name}.json"):
         if path.exists():
             return path

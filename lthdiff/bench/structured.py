@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
     from ..data import load_dataset
     from ..metrics import fid
     from ..models import from_pretrained, unet
-    from ..pruners.structured import macs, pruned_config, ratio_for_macs, structured
+    from ..pruners.structured import config_macs, pruned_config, ratio_for_macs, structured
     from ..train import train
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -109,7 +109,7 @@ def main(argv: list[str]) -> int:
         tail = res.losses[-max(1, len(res.losses) // 10):]
         return res.sampling_model.to(device).eval(), statistics.mean(tail)
 
-    dense_macs, dense_params = macs(dense), sum(p.numel() for p in dense.parameters())
+    dense_macs, dense_params = config_macs(dense), sum(p.numel() for p in dense.parameters())
     base = {"target_macs_reduction": 0.0, "ratio": 0.0,
             "block_out_channels": str(tuple(dense.config.block_out_channels)), "macs": dense_macs,
             "macs_reduction": 0.0, "params": dense_params, "latency_ratio_b1": 1.0,
@@ -144,8 +144,8 @@ def main(argv: list[str]) -> int:
             fresh = unet("tiny", seed=args.seed, **cfg)  # every preset key is overridden by the pruned config
             tuned, loss = finetune(fresh, f"scratch {reduction:.0%}")
             rows.append({"variant": "scratch", "target_macs_reduction": reduction, "ratio": ratio,
-                         "block_out_channels": str(tuple(cfg["block_out_channels"])), "macs": macs(cfg),
-                         "macs_reduction": 1 - macs(cfg) / dense_macs,
+                         "block_out_channels": str(tuple(cfg["block_out_channels"])), "macs": config_macs(cfg),
+                         "macs_reduction": 1 - config_macs(cfg) / dense_macs,
                          "params": sum(p.numel() for p in fresh.parameters()),
                          "fid_after_ft": quality(tuned), "final_loss": loss})
 

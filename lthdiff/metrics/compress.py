@@ -57,7 +57,7 @@ def _model_spec(model: nn.Module) -> dict[str, Any]:
 
 def _build(spec: Mapping[str, Any]) -> nn.Module:
     if "lthdiff_spec" in spec:
-        from ..classify import build
+        from ..classifiers import build
 
         return build(**spec["lthdiff_spec"])
     if "diffusers_class" in spec:

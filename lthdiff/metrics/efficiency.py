@@ -8,7 +8,9 @@ speed is measured on dense kernels and so does not shrink with sparsity: that ga
 """
 from __future__ import annotations
 
+import statistics
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
@@ -16,7 +18,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import torch
 import torch.nn as nn
 
-__all__ = ["ParamCounts", "MACCount", "param_counts", "macs", "sampling_speed", "peak_memory",
+__all__ = ["ParamCounts", "MACCount", "param_counts", "macs", "median_time", "sampling_speed", "peak_memory",
            "checkpoint_sizes", "summary"]
 
 
@@ -131,9 +133,23 @@ def macs(model: nn.Module, input_shape: tuple[int, ...], *, inputs: tuple | None
                     by_layer={k: (int(d), int(round(e))) for k, (d, e) in per_layer.items()})
 
 
-def _median_time(fn: Callable[[], Any], repeats: int, warmup: int, cuda: bool) -> float:
-    from ..bench.common import median_time
+def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, cuda: bool = False) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
+
+def _median_time(fn: Callable[[], Any], repeats: int, warmup: int, cuda: bool) -> float:
     return median_time(fn, repeats=repeats, warmup=warmup, cuda=cuda)
 
 

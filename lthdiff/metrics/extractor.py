@@ -24,8 +24,10 @@ NAME = "lthdiff-digits"
 FEATURES = "64"  # penultimate layer: the features FID/KID/PRC use
 IMAGE_SIZE = 16
 _FILE = "digits_extractor.safetensors"
-_REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "data" / _FILE
-_PACKAGE_WEIGHTS = Path(__file__).resolve().parent / _FILE
+# One copy, inside the package, so a checkout and an installed wheel score with the same bytes
+# (the same extractor tag).  REPO_WEIGHTS is the old name of that same file.
+PACKAGE_WEIGHTS = Path(__file__).resolve().parent / _FILE
+REPO_WEIGHTS = PACKAGE_WEIGHTS
 
 
 class DigitsNet(nn.Module):
@@ -54,11 +56,10 @@ class DigitsNet(nn.Module):
 
 
 def weights_path() -> Path:
-    """The committed weights: the repository's ``data/`` copy if present, else the packaged copy."""
-    for p in (_REPO_WEIGHTS, _PACKAGE_WEIGHTS):
-        if p.exists():
-            return p
-    raise FileNotFoundError(f"digits extractor weights not found at {_REPO_WEIGHTS} or {_PACKAGE_WEIGHTS}; "
+    """The committed weights, shipped inside the package."""
+    if PACKAGE_WEIGHTS.exists():
+        return PACKAGE_WEIGHTS
+    raise FileNotFoundError(f"digits extractor weights not found at {PACKAGE_WEIGHTS}; "
                             "recreate them with `python -m lthdiff.metrics.train_extractor`")
 
 

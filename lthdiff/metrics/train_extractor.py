@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .extractor import _PACKAGE_WEIGHTS, _REPO_WEIGHTS, IMAGE_SIZE, DigitsNet
+from .extractor import PACKAGE_WEIGHTS, IMAGE_SIZE, DigitsNet
 
 __all__ = ["train", "accuracy", "main"]
 
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lthdiff.metrics.train_extractor", description=__doc__)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, nargs="*", default=[_REPO_WEIGHTS, _PACKAGE_WEIGHTS],
-                    help="weights files to write (default: data/ and the package copy)")
+    ap.add_argument("--out", type=Path, nargs="*", default=[PACKAGE_WEIGHTS],
+                    help="weights files to write (default: the package copy)")
     args = ap.parse_args(argv)
     from ..io import save_tensors
 

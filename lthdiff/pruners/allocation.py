@@ -436,7 +436,7 @@ def _unit_similarity(groups: list[list[str]], unit: str, similarity: Mapping[str
         if reference_masks is None or len(reference_masks) < 2:
             raise ValueError("rule 'jiang2023' with order='similarity' needs similarity={unit: value} or "
                              "reference_masks=[mask, mask, ...] (at least two tickets from different runs)")
-        from ..analysis import mask_similarity
+        from ..masks import mask_similarity
 
         similarity = mask_similarity(reference_masks, by=unit)["jaccard"].to_dict()
     missing = [k for k in keys if k not in similarity or not math.isfinite(float(similarity[k]))]

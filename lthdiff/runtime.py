@@ -1,0 +1,44 @@
+"""Process-wide helpers every layer may use: stateless seeds, the accelerate process, quick mode.
+
+Kept apart so that low layers (training, pruning, IMP) and high ones (pipeline, notebooks) share
+one definition without importing each other.
+"""
+from __future__ import annotations
+
+import hashlib
+import numbers
+import os
+from typing import Any
+
+__all__ = ["mix_seed", "process_state", "is_quick", "positive_int"]
+
+
+def mix_seed(*ints: int) -> int:
+    """A 63-bit seed from several integers (stable across runs and platforms)."""
+    h = hashlib.blake2b(repr(ints).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def process_state():
+    """accelerate's ``PartialState`` for this process, honouring ``ACCELERATE_USE_CPU`` as ``Accelerator`` does.
+
+    Under ``torchrun``/``accelerate launch`` it says which process is the main one; in a plain
+    Python process it is the single, main process.  ``PartialState()`` alone ignores the variable,
+    and whichever is created first fixes the state, so multi-process CPU runs need this one.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def is_quick() -> bool:
+    """True when ``LTHDIFF_QUICK=1``: tiny sizes and few steps, for CI and smoke tests."""
+    return os.environ.get("LTHDIFF_QUICK", "0") not in ("", "0", "false", "False")
+
+
+def positive_int(value: Any, what: str, minimum: int = 1) -> int:
+    """``value`` as an int, or ValueError naming ``what`` unless it is an integer >= ``minimum`` (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
+    return int(value)
