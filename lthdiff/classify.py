@@ -278,16 +278,16 @@ def imp_accuracy(result: Any, test_set: Dataset, *, ema: bool = False, batch_siz
 def load_labelled(name: str = "digits", image_size: int = 16, split: str = "train", root: str | Path = "data") -> Dataset:
     """A dataset of ``(image in [-1, 1], label)`` pairs for the classifier experiments.
 
-    ``digits`` is in memory (offline); ``mnist``, ``fashion-mnist`` and ``cifar10`` come from
+    ``digits`` and ``mnist5k`` are in memory (offline); ``mnist``, ``fashion-mnist`` and ``cifar10`` come from
     torchvision (downloaded where there is network), with the same transforms as
     :func:`lthdiff.data.load_dataset`.
     """
     from .data import load_dataset
 
-    if name == "digits":
-        return load_dataset("digits", image_size=image_size, split=split, root=root, labels=True)
+    if name in ("digits", "mnist5k"):
+        return load_dataset(name, image_size=image_size, split=split, root=root, labels=True)
     if name not in ("mnist", "fashion-mnist", "cifar10"):
-        raise ValueError(f"unknown labelled dataset {name!r}; accepted: 'digits', 'mnist', 'fashion-mnist', 'cifar10'")
+        raise ValueError(f"unknown labelled dataset {name!r}; accepted: 'digits', 'mnist5k', 'mnist', 'fashion-mnist', 'cifar10'")
     images_only = load_dataset(name, image_size=image_size, split=split, root=root)
     # load_dataset(labels=True) refuses torchvision sets; its wrapper drops the label of `.base`.
     return images_only.base
