@@ -70,3 +70,12 @@ def test_config_accepts_mnist5k(tmp_path):
 
     cfg = load_config("configs/mnist5k.toml")
     assert cfg.data.name == "mnist5k" and cfg.data.image_size == 32 and cfg.model.preset == "mnist32"
+
+
+def test_mnist32_preset_size_and_forward():
+    from lthdiff.models import param_count, unet
+
+    m = unet("mnist32")
+    assert param_count(m) == 1_524_257  # the number the README quotes
+    x = load_dataset("mnist5k", image_size=32).tensors[:2]
+    assert m(x, torch.tensor([1, 500])).sample.shape == (2, 1, 32, 32)
