@@ -61,7 +61,8 @@ def aggregate(rows: list[dict[str, Any]], metric: str = "fid") -> list[dict[str,
     for r in rows:
         groups.setdefault((round(r["sparsity"], 3), "dense" if r["round"] == 0 else r["variant"]), []).append(r)
     out = []
-    for (sp, variant), rs in sorted(groups.items()):
+    # per sparsity: dense, then the ticket, then the controls (alphabetical)
+    for (sp, variant), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "ticket", kv[0][1])):
         vals = [r[metric] for r in rs]
         ratios = [r[metric] / dense[r["seed"]] for r in rs if r["seed"] in dense]
         row = {"sparsity": sp, "variant": variant, "seeds": len(rs),
@@ -227,7 +228,7 @@ def _markdown(args: argparse.Namespace, rows: list[dict[str, Any]], s: dict[str,
             f"DDIM-{args.sample_steps} samples (EMA weights, sampling seed = training seed) vs the "
             f"{args.dataset} training set, extractor `{rows[0].get('extractor', '?')}`. Mean ± std over "
             "seeds; ratios per seed; a seed is won when the ticket's FID is lower than the control's.\n\n"
-            + markdown_table(table)
+            + markdown_table(table, list(dict.fromkeys(k for line in table for k in line)))  # ticket rows add columns
             + f"\n**Matching sparsity** (ticket mean FID <= dense {m['dense_mean']:.3g} + 1 std "
             f"{m['dense_std']:.2g} = {m['bound']:.3g} there and at every lower sparsity): "
             f"**{m['sparsity']:.1%}**" + (f" (first miss at {m['first_miss']:.1%})" if m["first_miss"] else
