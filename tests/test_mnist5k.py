@@ -79,3 +79,13 @@ def test_mnist32_preset_size_and_forward():
     assert param_count(m) == 1_524_257  # the number the README quotes
     x = load_dataset("mnist5k", image_size=32).tensors[:2]
     assert m(x, torch.tensor([1, 500])).sample.shape == (2, 1, 32, 32)
+
+
+def test_cli_trains_on_mnist5k_and_names_accepted_sizes(tmp_path, capsys):
+    from lthdiff.cli import main
+
+    assert main(["train", "--dataset", "mnist5k", "--image-size", "32", "--preset", "mnist32", "--steps", "2",
+                 "--batch-size", "4", "--out", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "model" / "config.json").exists()
+    assert main(["train", "--dataset", "mnist5k", "--image-size", "16", "--steps", "2", "--out", str(tmp_path / "x")]) == 2
+    assert "accepted: 28, 32" in capsys.readouterr().err
