@@ -52,6 +52,7 @@ def test_aggregate_ratios_are_per_seed():
     assert by["dense"]["fid_mean"] == 15.0 and by["dense"]["ratio_to_dense_mean"] == 1.0
     # per seed: 20/10 = 2 and 20/20 = 1 -> mean 1.5 (not 20 / 15)
     assert by["ticket"]["ratio_to_dense_mean"] == 1.5
+    assert by["ticket"]["ratio_to_dense_per_seed"] == {0: 2.0, 1: 1.0}
     assert by["ticket"]["fid_std"] == 0.0 and by["ticket"]["ratio_to_dense_std"] == pytest.approx(math.sqrt(0.5))
     assert sparsities(rows) == [0.5]
 

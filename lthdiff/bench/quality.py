@@ -68,7 +68,8 @@ def aggregate(rows: list[dict[str, Any]], metric: str = "fid") -> list[dict[str,
         row = {"sparsity": sp, "variant": variant, "seeds": len(rs),
                f"{metric}_mean": statistics.mean(vals), f"{metric}_std": _std(vals),
                "ratio_to_dense_mean": statistics.mean(ratios) if ratios else float("nan"),
-               "ratio_to_dense_std": _std(ratios) if ratios else float("nan")}
+               "ratio_to_dense_std": _std(ratios) if ratios else float("nan"),
+               "ratio_to_dense_per_seed": {r["seed"]: r[metric] / dense[r["seed"]] for r in rs if r["seed"] in dense}}
         if "final_loss" in rs[0]:
             row["final_loss_mean"] = statistics.mean(r["final_loss"] for r in rs)
         out.append(row)
@@ -209,6 +210,7 @@ def _markdown(args: argparse.Namespace, rows: list[dict[str, Any]], s: dict[str,
                 "KID": f"{r.get('kid_mean', float('nan')):.3g} ± {r.get('kid_std', float('nan')):.2g}",
                 "FID / dense": f"{r['ratio_to_dense_mean']:.3g} ± {r['ratio_to_dense_std']:.2g}"}
         if r["variant"] == "ticket":
+            line["FID / dense per seed"] = ", ".join(f"{x:.3g}" for x in r["ratio_to_dense_per_seed"].values())
             for c, vs in s["versus"].items():
                 v = next(x for x in vs if math.isclose(x["sparsity"], r["sparsity"], abs_tol=5e-4))
                 line[f"wins vs {c}"] = f"{v['ticket_wins']}/{v['seeds']}"
