@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from lthdiff.bench.quality import (aggregate, loss_plateau, matching_sparsity, sparsities, summarize,
+from lthdiff.bench.quality import (aggregate, converged, loss_plateau, matching_sparsity, sparsities, summarize,
                                    ticket_vs_control)
 
 
@@ -74,3 +74,10 @@ def test_loss_plateau_windows():
     assert loss_plateau([1.0] * 40)["ratio"] == 1.0
     with pytest.raises(ValueError, match="at least"):
         loss_plateau([1.0, 2.0, 3.0], fraction=0.5)
+
+
+def test_converged_needs_both_fid_and_loss_plateau():
+    assert converged(10.0, 10.4, 0.97, fid_tolerance=0.5)
+    assert not converged(10.0, 11.0, 0.97, fid_tolerance=0.5)  # FID still moving
+    assert not converged(10.0, 10.1, 0.80, fid_tolerance=0.5)  # loss still falling
+    assert converged(12.0, 11.6, 1.04, fid_tolerance=0.5)  # improving within tolerance counts

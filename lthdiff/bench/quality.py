@@ -132,6 +132,14 @@ def loss_plateau(losses: Sequence[float], fraction: float = 0.1) -> dict[str, fl
     return {"mid_mean": mid, "late_mean": late, "ratio": late / mid, "window": w, "steps": n}
 
 
+def converged(fid_half: float, fid_full: float, loss_ratio: float, fid_tolerance: float,
+              loss_tolerance: float = 0.05) -> bool:
+    """Whether a dense run counts as converged at T: its FID moved by at most ``fid_tolerance``
+    between T/2 and T (the benchmark uses max(dense FID std over seeds, 5 % of FID(T))) and its
+    loss plateaued (late/mid loss ratio of :func:`loss_plateau` within ``loss_tolerance`` of 1)."""
+    return abs(fid_full - fid_half) <= fid_tolerance and abs(1 - loss_ratio) <= loss_tolerance
+
+
 # --------------------------------------------------------------------------- running
 def _config(args: argparse.Namespace, seed: int, run_dir: str):
     from ..config import Config
@@ -221,7 +229,8 @@ def _markdown(args: argparse.Namespace, rows: list[dict[str, Any]], s: dict[str,
     ctrl = "; ".join(f"{c}: {v['sparsity']:.1%}" for c, v in s["matching_controls"].items())
     conv_rows = [{"seed": c["seed"], f"FID @ {c['half_steps']}": c["fid_half"], f"FID @ {c['steps']}": c["fid_full"],
                   "loss mid 10%": c["loss_mid_mean"], "loss last 10%": c["loss_late_mean"],
-                  "late / mid": c["loss_ratio"], "T/2 run = first half": c["half_run_matches_first_half"]}
+                  "late / mid": c["loss_ratio"], "T/2 run = first half": c["half_run_matches_first_half"],
+                  "converged": c.get("converged")}
                  for c in conv]
     sched = ", ".join(f"{x:.1%}" for x in _schedule(args))
     return (f"# Ticket quality vs sparsity ({args.dataset} {args.image_size}px, {args.preset} UNet)\n\n"
@@ -237,7 +246,8 @@ def _markdown(args: argparse.Namespace, rows: list[dict[str, Any]], s: dict[str,
                                            " (every sparsity run matches)")
             + f". Controls: {ctrl or 'none'}.\n\n## Converged?\n\nDense FID at T/2 (a separate run of "
             "T/2 steps, same seed; deterministic, constant LR, so it is round 0's state at T/2) vs T, and "
-            "the loss plateau (mean loss over the last 10 % of steps vs the 10 % before T/2).\n\n"
+            "the loss plateau (mean loss over the last 10 % of steps vs the 10 % before T/2). Converged: |FID(T) - "
+            "FID(T/2)| <= max(dense FID std over seeds, 5 % of FID(T)) and late/mid loss within 5 % of 1.\n\n"
             + markdown_table(conv_rows))
 
 
@@ -291,6 +301,9 @@ def main(argv: list[str]) -> int:
         rows += res["rows"]
         conv.append(res["convergence"])
     s = summarize(rows, args.controls)
+    for c in conv:
+        c["fid_tolerance"] = max(s["matching"]["dense_std"], 0.05 * c["fid_full"])
+        c["converged"] = converged(c["fid_half"], c["fid_full"], c["loss_ratio"], c["fid_tolerance"])
     md = _markdown(args, rows, s, conv)
     write_results(args.out, args.name, {"args": vars(args), "rows": rows, **s, "convergence": conv}, md)
     print(md)
