@@ -14,7 +14,7 @@ from .config import ConfigError
 
 
 def _common_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits", help="digits (offline), mnist, fashion-mnist, cifar10, flowers102, folder")
+    p.add_argument("--dataset", default="digits", help="digits, mnist5k (offline; mnist5k: image size 28 or 32), mnist, fashion-mnist, cifar10, flowers102, folder")
     p.add_argument("--image-size", type=int, default=16, help="image side in pixels (default 16)")
     p.add_argument("--data-root", default="data", help="where torchvision datasets live / download to")
 
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a dense DDPM and save it (save_pretrained folder)")
     _common_data(p)
-    p.add_argument("--preset", default="tiny", help="UNet preset: tiny, small, ddpm-cifar10")
+    p.add_argument("--preset", default="tiny", help="UNet preset: tiny, mnist32, small, ddpm-cifar10")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None)

@@ -87,12 +87,12 @@ class Config:
 
 
 _CHOICES = {
-    ("data", "name"): ("digits", "mnist", "fashion-mnist", "cifar10", "flowers102", "folder"),
-    ("model", "preset"): ("tiny", "small", "ddpm-cifar10"),
+    ("data", "name"): ("digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "flowers102", "folder"),
+    ("model", "preset"): ("tiny", "mnist32", "small", "ddpm-cifar10"),
     ("imp", "scope"): ("global", "layer"),
     ("imp", "allocation"): ("global", "uniform", "erk", "jiang2023"),
     ("eval", "sampler"): ("ddim", "ddpm"),
-    ("eval", "feature_extractor"): ("auto", "inception", "lthdiff-digits"),
+    ("eval", "feature_extractor"): ("auto", "inception", "lthdiff-digits", "lthdiff-mnist"),
 }
 _POSITIVE = {("train", "steps"), ("train", "batch_size"), ("eval", "n"), ("eval", "steps"), ("data", "image_size"),
              ("eval", "batch_size"), ("train", "checkpoint_every")}

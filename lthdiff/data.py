@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 __all__ = ["DATASETS", "TensorImageDataset", "load_dataset", "load_labelled", "to_uint8"]
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "flowers102", "folder")
+DATASETS = ("digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "flowers102", "folder")
 # Natural images get horizontal flips under augment=True; digits and letters must not be mirrored.
 _FLIPPABLE = {"cifar10", "flowers102", "folder"}
 _DIGITS_TEST_FRACTION = 0.2
@@ -125,7 +125,8 @@ def load_dataset(name: str = "digits", image_size: int = 16, split: str = "train
                  augment: bool = False, *, path: str | None = None, labels: bool = False) -> Dataset:
     """Load an image dataset as float tensors in [-1, 1] of shape (C, image_size, image_size).
 
-    ``name`` is one of :data:`DATASETS`; ``split`` is ``"train"`` or ``"test"``; ``path`` is the
+    ``name`` is one of :data:`DATASETS` (``mnist5k``: 5000 real MNIST digits, offline, stratified
+    4000/1000 split, image_size 28 or 32; ``mnist``: torchvision's full 60k/10k); ``split`` is ``"train"`` or ``"test"``; ``path`` is the
     ImageFolder root for ``name="folder"``.  With ``labels=True`` items are ``(image, label)``
     pairs, for the classifier experiments.
     """
@@ -133,6 +134,11 @@ def load_dataset(name: str = "digits", image_size: int = 16, split: str = "train
         raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; accepted: 'train', 'test'")
+    if name == "mnist5k":  # offline real MNIST (lthdiff.mnist5k); checks image_size itself (28 or 32)
+        from .mnist5k import load_mnist5k
+
+        ds = TensorImageDataset(*load_mnist5k(image_size, split), name="mnist5k")
+        return _Labelled(ds) if labels else ds
     if not isinstance(image_size, int) or image_size < 4:
         raise ValueError(f"image_size must be an int >= 4, got {image_size!r}")
     if name == "digits":
@@ -159,14 +165,14 @@ def as_tensor(dataset: Dataset, limit: int | None = None) -> torch.Tensor:
 def load_labelled(name: str = "digits", image_size: int = 16, split: str = "train", root: str | Path = "data") -> Dataset:
     """A dataset of ``(image in [-1, 1], label)`` pairs for the classifier experiments.
 
-    ``digits`` is in memory (offline); ``mnist``, ``fashion-mnist`` and ``cifar10`` come from
+    ``digits`` and ``mnist5k`` are in memory (offline); ``mnist``, ``fashion-mnist`` and ``cifar10`` come from
     torchvision (downloaded where there is network), with the same transforms as
     :func:`lthdiff.data.load_dataset`.
     """
-    if name == "digits":
-        return load_dataset("digits", image_size=image_size, split=split, root=root, labels=True)
+    if name in ("digits", "mnist5k"):
+        return load_dataset(name, image_size=image_size, split=split, root=root, labels=True)
     if name not in ("mnist", "fashion-mnist", "cifar10"):
-        raise ValueError(f"unknown labelled dataset {name!r}; accepted: 'digits', 'mnist', 'fashion-mnist', 'cifar10'")
+        raise ValueError(f"unknown labelled dataset {name!r}; accepted: 'digits', 'mnist5k', 'mnist', 'fashion-mnist', 'cifar10'")
     images_only = load_dataset(name, image_size=image_size, split=split, root=root)
     # load_dataset(labels=True) refuses torchvision sets; its wrapper drops the label of `.base`.
     return images_only.base

@@ -55,7 +55,7 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_
     result = IMPResult.load(run_dir)
     # The resolved name, not "auto": a cache computed with one extractor must not answer for another
     # (e.g. a run evaluated offline, then re-evaluated on Colab where Inception is reachable).
-    extractor = resolve_extractor(cfg.eval.feature_extractor, _channels(result))
+    extractor = resolve_extractor(cfg.eval.feature_extractor, _channels(result), reference=cfg.data.name)
     settings = {"n": cfg.eval.n, "sampler": cfg.eval.sampler, "steps": cfg.eval.steps,
                 "feature_extractor": extractor, "seed": cfg.train.seed}
     rows = []

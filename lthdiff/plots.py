@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["loss_curve", "sparsity_curve", "sparsity_curve_interactive", "sparsity_heatmap", "image_panels", "to_png", "data_uri", "close", "plot_accuracy"]
+__all__ = ["loss_curve", "sparsity_curve", "sparsity_curve_interactive", "sparsity_heatmap", "image_panels", "to_png", "data_uri", "close",
+           "plot_accuracy", "quality_vs_sparsity", "classic_accuracy"]
 
 # Frankle & Carbin plot tickets against the percentage of weights remaining on a log axis
 _REMAINING = "weights remaining (%)"
@@ -327,3 +328,58 @@ def plot_accuracy(df, ax=None, variants: Sequence[str] | None = None, title: str
     if title:
         ax.set_title(title)
     return ax
+
+def quality_vs_sparsity(table: Any, *, metric: str = "fid", ax: Any = None, matching: float | None = None,
+                        title: str | None = None):
+    """Mean metric (FID) vs sparsity (%) with +-1 std error bars over seeds, one line per variant,
+    and the dense model as a band (mean +- 1 std): the matching-sparsity bound of ``lthdiff.bench quality``.
+
+    ``table``: rows of ``lthdiff.bench.quality.aggregate`` (a DataFrame or list of dicts with
+    ``sparsity``, ``variant``, ``<metric>_mean``, ``<metric>_std``; the dense row has variant "dense").
+    ``matching``: the matching sparsity (fraction), drawn as a vertical line.
+    """
+    import pandas as pd
+
+    df = pd.DataFrame(table)
+    mean, std = f"{metric}_mean", f"{metric}_std"
+    for col in ("sparsity", "variant", mean, std):
+        if col not in df.columns:
+            raise ValueError(f"table has no column {col!r}; columns: {list(df.columns)}")
+    fig, ax = _axes(ax, (5.5, 3.6))
+    dense = df[df["variant"] == "dense"]
+    if not dense.empty:
+        m, s = float(dense[mean].iloc[0]), float(dense[std].iloc[0])
+        ax.axhspan(m - s, m + s, color="gray", alpha=0.2, label="dense ± 1 std")
+        ax.axhline(m, color="gray", lw=1)
+    variants = [v for v in dict.fromkeys(df["variant"]) if v != "dense"]
+    variants.sort(key=lambda v: v != "ticket")  # ticket first: colour C0
+    for i, v in enumerate(variants):
+        g = pd.concat([dense, df[df["variant"] == v]]).sort_values("sparsity")  # every line starts at dense
+        ax.errorbar(100 * g["sparsity"], g[mean], yerr=g[std], marker="o", ms=4, capsize=3, color=f"C{i % 10}",
+                    lw=2 if v == "ticket" else 1.2, ls="-" if v == "ticket" else "--", label=v)
+    if matching is not None:
+        ax.axvline(100 * matching, color="C0", ls=":", lw=1, label=f"matching sparsity {matching:.1%}")
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel(f"{metric.upper()} (lower is better)")
+    ax.set_title(title or f"{metric.upper()} vs sparsity (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def classic_accuracy(results: str | os.PathLike | Mapping[str, Any], *, ax: Any = None, title: str | None = None):
+    """Test accuracy vs weights remaining from a recorded ``python -m lthdiff.bench classic`` result
+    (its JSON file or the loaded dict): ticket and controls, mean +- std over seeds, as Frankle &
+    Carbin 2019, Fig. 1/3 (:func:`lthdiff.classify.plot_accuracy`)."""
+    import json
+
+    import pandas as pd
+
+    from .classify import plot_accuracy
+
+    payload = json.loads(Path(results).read_text()) if isinstance(results, (str, os.PathLike)) else results
+    cfg = payload["config"]
+    fig, ax = _axes(ax, (6.5, 4.2))
+    plot_accuracy(pd.DataFrame(payload["rows"]), ax=ax,
+                  title=title or f"{cfg['preset']} on {cfg['dataset']}: IMP, rewind to init ({cfg['seeds']} seeds)")
+    return fig

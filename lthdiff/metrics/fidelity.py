@@ -28,7 +28,7 @@ __all__ = ["QualityResult", "evaluate", "fid", "kid", "reference_key", "resolve_
            "inception_available", "EXTRACTORS", "METRICS"]
 
 INCEPTION = "inception-v3-compat"
-EXTRACTORS = ("auto", "inception", "lthdiff-digits")  # plus any name in torch-fidelity's registry
+EXTRACTORS = ("auto", "inception", "lthdiff-digits", "lthdiff-mnist")  # plus any name in torch-fidelity's registry
 METRICS = ("fid", "kid", "prc")
 _KEYS = {"frechet_inception_distance": "fid", "kernel_inception_distance_mean": "kid",
          "kernel_inception_distance_std": "kid_std", "precision": "precision", "recall": "recall",
@@ -101,17 +101,25 @@ def inception_available(weights_path: str | os.PathLike | None = None) -> bool:
     return _online()
 
 
-def resolve_extractor(name: str, channels: int, weights_path: str | os.PathLike | None = None) -> str:
+def resolve_extractor(name: str, channels: int, weights_path: str | os.PathLike | None = None,
+                      reference: Any = None) -> str:
     """The torch-fidelity extractor name for ``name`` ("auto", "inception", "lthdiff-digits" or registered).
 
     ``"auto"``: Inception when :func:`inception_available`, else ``"lthdiff-digits"`` for 1-channel
     images; 3-channel images without Inception weights raise ``RuntimeError`` saying where to put them.
+    1-channel images against a real-MNIST ``reference`` name ("mnist5k", "mnist") always get the
+    domain extractor ``"lthdiff-mnist"``, online or not, so their scores do not depend on the network.
     """
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     from .extractor import NAME, register
 
     register()
+    from . import mnist_extractor
+
+    mnist_extractor.register()
+    if name == "auto" and channels == 1 and isinstance(reference, str) and reference in mnist_extractor.DATASETS:
+        return mnist_extractor.NAME
     if name == "auto":
         if inception_available(weights_path):
             return INCEPTION
@@ -138,8 +146,12 @@ def _extractor_tag(extractor: str, weights_path: str | os.PathLike | None) -> st
     """Extractor name plus a weights digest (ours always; others only for a custom weights file)."""
     from .extractor import NAME, weights_digest
 
+    from . import mnist_extractor
+
     if extractor == NAME:
         return f"{NAME}@{weights_digest(weights_path)}"
+    if extractor == mnist_extractor.NAME:
+        return f"{extractor}@{weights_digest(weights_path or mnist_extractor.weights_path())}"
     if weights_path:
         return f"{extractor}@{hashlib.sha256(str(Path(weights_path).resolve()).encode()).hexdigest()[:8]}"
     return extractor
@@ -297,10 +309,11 @@ def evaluate(
     if image_size is not None and image_size != size:
         raise ValueError(f"image_size={image_size} but the images are {size}x{images.shape[-2]}")
 
-    extractor = resolve_extractor(feature_extractor, images.shape[1], feature_extractor_weights_path)
+    extractor = resolve_extractor(feature_extractor, images.shape[1], feature_extractor_weights_path, reference)
     from .extractor import NAME
+    from .mnist_extractor import NAME as MNIST_NAME
 
-    rgb = extractor != NAME  # every other extractor (Inception, CLIP, DINOv2...) wants 3 channels
+    rgb = extractor not in (NAME, MNIST_NAME)  # every other extractor (Inception, CLIP, DINOv2...) wants 3 channels
     weights = feature_extractor_weights_path or (os.environ.get("LTHDIFF_INCEPTION_WEIGHTS") if extractor == INCEPTION
                                                  else None)
     ref, ref_desc, key = _reference(reference, image_size=size, split=split, reference_n=reference_n, root=data_root,

@@ -1,0 +1,44 @@
+"""plots.quality_vs_sparsity and plots.classic_accuracy on hand-made results."""
+import matplotlib
+
+matplotlib.use("Agg")
+import pytest
+
+from lthdiff import plots
+from lthdiff.bench.quality import aggregate
+
+ROWS = [{"seed": s, "round": r, "sparsity": sp, "variant": v, "fid": f}
+        for s in (0, 1)
+        for r, sp, v, f in [(0, 0.0, "ticket", 10.0 + s), (1, 0.5, "ticket", 10.5 + s), (1, 0.5, "random_reinit", 14.0 + s),
+                            (2, 0.75, "ticket", 11.0 + s), (2, 0.75, "random_reinit", 16.0 + s)]]
+
+
+def test_quality_vs_sparsity_draws_band_lines_and_matching():
+    fig = plots.quality_vs_sparsity(aggregate(ROWS), matching=0.5)
+    ax = fig.axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels[:1] == ["dense ± 1 std"] and "ticket" in labels and "random_reinit" in labels
+    assert "matching sparsity 50.0%" in labels
+    band = ax.patches[0]
+    ys = band.get_patch_transform().transform(band.get_path().vertices)[:, 1]
+    lo, hi = ys.min(), ys.max()
+    assert (lo, hi) == pytest.approx((10.5 - 0.5 ** 0.5, 10.5 + 0.5 ** 0.5))  # mean 10.5, sample std sqrt(.5)
+    plots.close(fig)
+
+
+def test_quality_vs_sparsity_names_missing_column():
+    with pytest.raises(ValueError, match="kid_mean"):
+        plots.quality_vs_sparsity(aggregate(ROWS), metric="kid")
+
+
+def test_classic_accuracy_from_a_payload(tmp_path):
+    import json
+
+    rows = [{"seed": 0, "round": r, "variant": v, "sparsity": 1 - rem, "remaining": rem, "accuracy": a}
+            for r, v, rem, a in [(0, "ticket", 1.0, 0.95), (1, "ticket", 0.8, 0.96), (1, "random_reinit", 0.8, 0.94)]]
+    path = tmp_path / "classic.json"
+    path.write_text(json.dumps({"config": {"preset": "lenet-300-100", "dataset": "mnist5k", "seeds": 1}, "rows": rows}))
+    fig = plots.classic_accuracy(path)
+    assert "mnist5k" in fig.axes[0].get_title()
+    assert len(fig.axes[0].get_legend_handles_labels()[1]) == 3  # ticket, random reinit, dense
+    plots.close(fig)
