@@ -310,6 +310,9 @@ def run_imp(
                             desc=f"round {r} {name}", **train_kw)
                 _on_main(_finish, cdir, res, cmask, r, extra={"target_sparsity": target, "variant": name})
         info = RoundInfo.from_dir(rdir)
+        from .tb import log_round as _tb_log_round
+
+        _tb_log_round(run_dir, info)  # loss curves, sparsity, per-block sparsity (main process only)
         if reg is not None:
             _log_round(reg, exp_id, info)
         if on_round is not None:

@@ -55,7 +55,8 @@ def read_metrics(directory: str | os.PathLike) -> dict[str, float]:
         return {}
     data = read_json(path)
     if isinstance(data, Mapping) and isinstance(data.get("metrics"), Mapping):
-        data = data["metrics"]
+        paired = data.get("paired") if isinstance(data.get("paired"), Mapping) else {}
+        data = {**data["metrics"], **(paired.get("metrics") or {})}  # + SSIM/PSNR/perceptual vs the dense model
     if not isinstance(data, Mapping):
         raise ValueError(f"{path} must hold a JSON object {{metric: value}}, got {type(data).__name__}")
     return {str(k): float(v) for k, v in data.items()

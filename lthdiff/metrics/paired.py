@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["paired", "paired_images", "feature_distance", "lpips_available", "PERCEPTUAL_KINDS", "PSNR_CAP"]
+__all__ = ["paired", "paired_images", "feature_distance", "lpips_available", "dense_reference", "paired_for",
+           "PERCEPTUAL_KINDS", "PSNR_CAP"]
 
 PERCEPTUAL_KINDS = ("auto", "lpips-alex", "lthdiff-digits-layers")
 PSNR_CAP = 100.0  # dB; PSNR of identical images is infinite, which JSON and SQL cannot store
@@ -160,3 +161,35 @@ def paired(reference: nn.Module | torch.Tensor, model: nn.Module, *, n: int = 64
         raise ValueError(f"reference holds {len(ref)} images but n={n}")
     out = paired_images(ref, sample(model, n, **kw), perceptual=perceptual)
     return {**out, "steps": steps, "seed": seed}
+
+
+class _DenseReference:
+    """The dense (round 0) network of an IMP run and its DDIM samples, sampled on first use only."""
+
+    def __init__(self, result: Any, n: int, steps: int, seed: int) -> None:
+        self.result, self.n, self.steps, self.seed = result, n, steps, seed
+        self._images: torch.Tensor | None = None
+
+    @property
+    def images(self) -> torch.Tensor:
+        if self._images is None:
+            from ..sampling import sample
+
+            dense = self.result.rounds[0].load_model(ema=True)
+            self._images = sample(dense, self.n, sampler="ddim", steps=self.steps, seed=self.seed, progress=False)
+        return self._images
+
+
+def dense_reference(result: Any, *, n: int, steps: int, seed: int) -> _DenseReference:
+    """A lazily sampled reference for :func:`paired_for`: round 0 (EMA) of an :class:`lthdiff.imp.IMPResult`."""
+    if not result.rounds or result.rounds[0].round != 0:
+        raise ValueError(f"{result.run_dir} has no dense round 0 to compare with")
+    return _DenseReference(result, n, steps, seed)
+
+
+def paired_for(dense: _DenseReference, model: nn.Module) -> dict[str, Any]:
+    """Paired fidelity of ``model`` to a run's dense model, as stored in ``metrics.json``:
+    ``{"metrics": {ssim, psnr, perceptual}, "perceptual_kind", "n", "steps", "seed", "reference"}``."""
+    out = paired(dense.images, model, n=dense.n, steps=dense.steps, seed=dense.seed)
+    return {"metrics": {k: out[k] for k in ("ssim", "psnr", "perceptual")}, "perceptual_kind": out["perceptual_kind"],
+            "n": out["n"], "steps": dense.steps, "seed": dense.seed, "reference": "round_00 (dense, EMA)"}
