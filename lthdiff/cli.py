@@ -91,9 +91,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lthdiff`` console script."""
     args = _parser().parse_args(argv)
+    from .errors import DatasetUnavailableError
+    from .io import CorruptFileError
+
     try:
         return _dispatch(args)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, FileNotFoundError, DatasetUnavailableError, CorruptFileError) as exc:
         print(f"lthdiff {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
