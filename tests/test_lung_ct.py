@@ -42,19 +42,21 @@ def test_load_dataset_caches_atomically(tmp_path):
 
 
 def test_config_trains_end_to_end_in_quick_mode(tmp_path, monkeypatch):
-    """The repo config, with `--quick`'s sizes (one round, no control, few samples to fit a test)."""
+    """The repo config through the whole pipeline, shrunk below `--quick` to fit a unit test on a shared
+    2-core machine (one pruning round, no control, 10 steps of batch 8, 32 samples)."""
     from pathlib import Path
 
-    from lthdiff.config import load_config, quickstart
+    from lthdiff.config import load_config
     from lthdiff.pipeline import run_pipeline
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config(Path(__file__).parents[1] / "configs" / "synthetic_lung_ct.toml")
-    quick = quickstart(quick=True)
-    cfg.train.steps, cfg.train.checkpoint_every = quick.train.steps, quick.train.checkpoint_every
+    cfg.train.steps, cfg.train.batch_size, cfg.train.checkpoint_every = 10, 8, 10
     cfg.imp.rounds, cfg.imp.controls = 1, []
     cfg.eval.n, cfg.eval.steps, cfg.eval.grid = 32, 5, 16
     cfg.output.run_dir, cfg.output.registry = str(tmp_path / "run"), ""
     out = run_pipeline(cfg, progress=False)
     assert [r["round"] for r in out["rows"]] == [0, 1] and all(r["fid"] >= 0 for r in out["rows"])
-    assert out["report"].exists()
+    assert out["report"].exists() and list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    pair = out["rows"][1]
+    assert -1 <= pair["ssim"] <= 1 and pair["perceptual"] >= 0 and pair["perceptual_kind"]

@@ -193,3 +193,19 @@ def paired_for(dense: _DenseReference, model: nn.Module) -> dict[str, Any]:
     out = paired(dense.images, model, n=dense.n, steps=dense.steps, seed=dense.seed)
     return {"metrics": {k: out[k] for k in ("ssim", "psnr", "perceptual")}, "perceptual_kind": out["perceptual_kind"],
             "n": out["n"], "steps": dense.steps, "seed": dense.seed, "reference": "round_00 (dense, EMA)"}
+
+
+def run_note(result: Any) -> str | None:
+    """One sentence for a run's report saying what the ``ssim``/``psnr``/``perceptual`` columns are, or
+    None when no network of the :class:`lthdiff.imp.IMPResult` has paired metrics."""
+    from ..io import read_json
+
+    for rnd in result.rounds:
+        for info in [rnd, *rnd.controls.values()]:
+            path = Path(info.dir) / "metrics.json"
+            pair = read_json(path).get("paired") if path.exists() else None
+            if isinstance(pair, dict):
+                return (f"ssim, psnr (dB) and perceptual compare each pruned network's samples with the dense "
+                        f"model's from the same DDIM noise ({pair.get('n')} pairs, {pair.get('steps')} steps); "
+                        f"perceptual = {pair.get('perceptual_kind')} (0 = identical), SSIM 1 = identical.")
+    return None
