@@ -61,12 +61,15 @@ def lpips_available() -> bool:
 
 
 def _lpips(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-pair LPIPS (AlexNet) of images in [0, 1]; grayscale repeated to RGB."""
+    """Per-pair LPIPS (AlexNet) of images in [0, 1]; grayscale repeated to RGB, images below 64 px upsampled
+    (bilinear) so that AlexNet's strided layers keep a spatial extent."""
     from torchmetrics.functional.image.lpips import learned_perceptual_image_patch_similarity as lpips
 
     if a.shape[1] == 1:
         a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
-    return torch.stack([lpips(a[i:i + 1], b[i:i + 1], net_type="alex", normalize=True) for i in range(len(a))])
+    if a.shape[-1] < 64:
+        a, b = (F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False) for x in (a, b))
+    return lpips(a.contiguous(), b.contiguous(), net_type="alex", normalize=True, reduction="none").flatten()
 
 
 def feature_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
