@@ -14,7 +14,8 @@ from .config import ConfigError
 
 
 def _common_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits", help="digits (offline), mnist, fashion-mnist, cifar10, flowers102, folder")
+    p.add_argument("--dataset", default="digits", help="digits (offline), mnist, fashion-mnist, cifar10, flowers102, folder, "
+                                                   "synthetic-lung-ct (offline, procedural)")
     p.add_argument("--image-size", type=int, default=16, help="image side in pixels (default 16)")
     p.add_argument("--data-root", default="data", help="where torchvision datasets live / download to")
 
