@@ -14,7 +14,8 @@ from .config import ConfigError
 
 
 def _common_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits", help="digits, mnist5k (offline; mnist5k: image size 28 or 32), mnist, fashion-mnist, cifar10, flowers102, folder")
+    p.add_argument("--dataset", default="digits", help="digits, mnist5k (offline; mnist5k: image size 28 or 32), mnist, "
+                                                   "fashion-mnist, cifar10, flowers102, folder, synthetic-lung-ct (offline, procedural)")
     p.add_argument("--image-size", type=int, default=16, help="image side in pixels (default 16)")
     p.add_argument("--data-root", default="data", help="where torchvision datasets live / download to")
 
@@ -91,10 +92,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lthdiff`` console script."""
     args = _parser().parse_args(argv)
+    from .errors import DatasetUnavailableError
+    from .io import CorruptFileError
+
     try:
         return _dispatch(args)
-    # OSError covers missing files and unreadable or corrupt model folders: user input, not a bug.
-    except (ConfigError, ValueError, OSError) as exc:
+    # OSError covers missing files and unreadable or corrupt model folders (CorruptFileError is one):
+    # user input, not a bug; DatasetUnavailableError is a dataset that cannot be downloaded here.
+    except (ConfigError, ValueError, OSError, DatasetUnavailableError, CorruptFileError) as exc:
         print(f"lthdiff {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

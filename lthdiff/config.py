@@ -87,7 +87,7 @@ class Config:
 
 
 _CHOICES = {
-    ("data", "name"): ("digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "flowers102", "folder"),
+    ("data", "name"): ("digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "flowers102", "folder", "synthetic-lung-ct"),
     ("model", "preset"): ("tiny", "mnist32", "small", "ddpm-cifar10"),
     ("imp", "scope"): ("global", "layer"),
     ("imp", "allocation"): ("global", "uniform", "erk", "jiang2023"),

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 __all__ = ["DATASETS", "TensorImageDataset", "load_dataset", "load_labelled", "to_uint8"]
 
-DATASETS = ("digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "flowers102", "folder")
+DATASETS = ("digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "flowers102", "folder", "synthetic-lung-ct")
 # Natural images get horizontal flips under augment=True; digits and letters must not be mirrored.
 _FLIPPABLE = {"cifar10", "flowers102", "folder"}
 _DIGITS_TEST_FRACTION = 0.2
@@ -100,7 +100,9 @@ def _torchvision(name: str, image_size: int, split: str, root: Path, augment: bo
     try:
         base = cls(str(root), download=True, transform=transform, **kwargs)
     except Exception as exc:  # urllib errors, RuntimeError "Dataset not found", ...
-        raise RuntimeError(
+        from .errors import DatasetUnavailableError
+
+        raise DatasetUnavailableError(
             f"dataset {name!r} is not in {root.resolve()} and could not be downloaded ({type(exc).__name__}: {exc}). "
             f"Place torchvision's {cls.__name__} files under {root.resolve()} (as torchvision.datasets.{cls.__name__}"
             f"(root={str(root)!r}, download=True) would on a machine with network), or use name='digits' offline."
@@ -122,13 +124,15 @@ class _DropLabel(Dataset):
 
 
 def load_dataset(name: str = "digits", image_size: int = 16, split: str = "train", root: str | Path = "data",
-                 augment: bool = False, *, path: str | None = None, labels: bool = False) -> Dataset:
+                 augment: bool = False, *, path: str | None = None, labels: bool = False,
+                 n: int | None = None) -> Dataset:
     """Load an image dataset as float tensors in [-1, 1] of shape (C, image_size, image_size).
 
     ``name`` is one of :data:`DATASETS` (``mnist5k``: 5000 real MNIST digits, offline, stratified
     4000/1000 split, image_size 28 or 32; ``mnist``: torchvision's full 60k/10k); ``split`` is ``"train"`` or ``"test"``; ``path`` is the
     ImageFolder root for ``name="folder"``.  With ``labels=True`` items are ``(image, label)``
-    pairs, for the classifier experiments.
+    pairs, for the classifier experiments.  ``n``: number of slices of ``"synthetic-lung-ct"``
+    (procedural, :mod:`lthdiff.lung_ct`; default 1024 train / 256 test).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
@@ -144,6 +148,11 @@ def load_dataset(name: str = "digits", image_size: int = 16, split: str = "train
     if name == "digits":
         ds = _digits(image_size, split)
         ds.flip = False  # digits are never mirrored, even with augment=True
+        return _Labelled(ds) if labels else ds
+    if name == "synthetic-lung-ct":
+        from .lung_ct import load
+
+        ds = load(image_size, split, root, n=n)
         return _Labelled(ds) if labels else ds
     return _torchvision(name, image_size, split, Path(root), augment, path, labels)
 

@@ -241,6 +241,9 @@ def run_imp(
                             desc=f"round {r} {name}", **train_kw)
                 _on_main(write_round, cdir, res, cmask, r, extra={"target_sparsity": target, "variant": name})
         info = RoundInfo.from_dir(rdir)
+        from .tb import log_round as log_tb_round
+
+        log_tb_round(run_dir, info)  # loss curves, sparsity, per-block sparsity (main process only)
         log(info)
         if on_round is not None:
             on_round(info)

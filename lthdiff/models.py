@@ -101,6 +101,10 @@ def from_pretrained(repo_or_path: str | Path, subfolder: str | None = None, **kw
                                 "Hub repo id such as 'google/ddpm-cifar10-32'")
     if subfolder is None and path.is_dir() and not (path / "config.json").exists() and (path / "unet").is_dir():
         subfolder = "unet"
+    if path.is_dir():  # a damaged local weights file: say so, naming it (diffusers gives a bare OSError)
+        from .integrity import check_weights
+
+        check_weights(path / subfolder if subfolder else path)
     try:
         return UNet2DModel.from_pretrained(str(repo_or_path), subfolder=subfolder, **kwargs)
     except OSError as exc:

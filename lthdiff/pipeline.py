@@ -44,9 +44,12 @@ def _channels(result: Any) -> int:
 
 def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_id: int | None = None,
                  progress: bool = True) -> list[dict[str, Any]]:
-    """FID/KID of every round's ticket and controls (EMA weights), written to ``metrics.json`` beside each.
+    """FID/KID of every round's ticket and controls (EMA weights), written to ``metrics.json`` beside each,
+    plus, for every non-dense network, paired SSIM/PSNR/perceptual distance to the dense round-0 model
+    (:func:`lthdiff.metrics.paired`, on ``max(16, min(256, n // 8))`` DDIM samples from shared noise).
 
-    Rounds already evaluated with the same settings are skipped, so the stage resumes.
+    Rounds already evaluated with the same settings are skipped, so the stage resumes.  Metrics and
+    sample grids also go to TensorBoard (``run_dir/tb``).
     """
     from .metrics import evaluate
     from .metrics.fidelity import resolve_extractor
@@ -56,8 +59,13 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_
     # The resolved name, not "auto": a cache computed with one extractor must not answer for another
     # (e.g. a run evaluated offline, then re-evaluated on Colab where Inception is reachable).
     extractor = resolve_extractor(cfg.eval.feature_extractor, _channels(result), reference=cfg.data.name)
+    paired_n = max(16, min(256, cfg.eval.n // 8))
     settings = {"n": cfg.eval.n, "sampler": cfg.eval.sampler, "steps": cfg.eval.steps,
-                "feature_extractor": extractor, "seed": cfg.train.seed}
+                "feature_extractor": extractor, "seed": cfg.train.seed, "paired_n": paired_n}
+    from . import tb
+    from .metrics.paired import dense_reference, paired_for
+
+    dense = dense_reference(result, n=paired_n, steps=cfg.eval.steps, seed=cfg.train.seed)
     rows = []
     for rnd in result.rounds:
         for info in [rnd, *rnd.controls.values()]:
@@ -70,12 +78,20 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_
                 image_grid(images[: cfg.eval.grid], scale=4).save(info.dir / "samples.png")
                 res = evaluate(images, cfg.data.name, image_size=cfg.data.image_size,
                                feature_extractor=extractor)
-                cached = write_metrics(info.dir, res.metrics, settings=settings, extractor=res.extractor)
+                pair = None if rnd.round == 0 and info.variant == "ticket" else paired_for(dense, info.load_model())
+                cached = write_metrics(info.dir, res.metrics, settings=settings, extractor=res.extractor, paired=pair)
                 if registry is not None and exp_id is not None:
                     registry.log_metrics(exp_id, rnd.round, cached["metrics"], extractor=res.extractor,
                                          settings=settings, variant=info.variant)
+                    if pair is not None:
+                        registry.log_metrics(exp_id, rnd.round, pair["metrics"], extractor=pair["perceptual_kind"],
+                                             settings=settings, variant=info.variant)
+                tb.log_eval(run_dir, rnd.round, info.variant, {**res.metrics, **(pair or {}).get("metrics", {})},
+                            info.dir / "samples.png")
             rows.append({"round": rnd.round, "variant": info.variant, "sparsity": info.sparsity,
-                         "final_loss": info.final_loss, **cached["metrics"], "extractor": cached["extractor"]})
+                         "final_loss": info.final_loss, **cached["metrics"], **cached.get("paired", {}).get("metrics", {}),
+                         "extractor": cached["extractor"],
+                         "perceptual_kind": cached.get("paired", {}).get("perceptual_kind")})
     return rows
 
 

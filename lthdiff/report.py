@@ -316,6 +316,10 @@ def build(run_dir: str | os.PathLike, *, registry: Any = None, out_dir: str | os
     sections = [("Results", "<p>One row per round: overall sparsity of the ticket and the final training "
                  "loss (mean of the last steps) and metrics of the ticket and its controls.</p>"
                  + _html_table(wide, "results"))]
+    from .metrics.paired import run_note
+
+    if run_note(result):  # what the paired ssim/psnr/perceptual columns are, and which perceptual measure
+        sections[0] = (sections[0][0], sections[0][1] + f"<p>{html.escape(run_note(result))}</p>")
     sections += _figures(result, long, blocks)
     if not blocks.empty:
         tbl = blocks.copy()
@@ -336,7 +340,7 @@ def build(run_dir: str | os.PathLike, *, registry: Any = None, out_dir: str | os
 
     md = [f"# {title}", "", f"Run directory `{run_dir.resolve()}`, {len(result.rounds)} rounds, generated "
           f"{created} by lthdiff {__version__}. Figures and samples: `report.html`.", "",
-          "## Results", "", _md_table(wide), ""]
+          "## Results", "", _md_table(wide), "", *([run_note(result), ""] if run_note(result) else [])]
     if not blocks.empty:
         tbl = blocks.copy()
         tbl.columns = [f"round {c}" for c in tbl.columns]

@@ -155,7 +155,8 @@ def read_metrics(directory: str | os.PathLike) -> dict[str, float]:
         return {}
     data = read_json(path)
     if isinstance(data, Mapping) and isinstance(data.get("metrics"), Mapping):
-        data = data["metrics"]
+        paired = data.get("paired") if isinstance(data.get("paired"), Mapping) else {}
+        data = {**data["metrics"], **(paired.get("metrics") or {})}  # + SSIM/PSNR/perceptual vs the dense model
     if not isinstance(data, Mapping):
         raise ValueError(f"{path} must hold a JSON object {{metric: value}}, got {type(data).__name__}")
     return {str(k): float(v) for k, v in data.items()
@@ -163,9 +164,14 @@ def read_metrics(directory: str | os.PathLike) -> dict[str, float]:
 
 
 def write_metrics(directory: str | Path, metrics: Mapping[str, Any], *, settings: Mapping[str, Any] | None = None,
-                  extractor: Any = None) -> dict[str, Any]:
-    """Write ``directory/metrics.json`` in the one format :func:`read_metrics` reads; returns what was written."""
+                  extractor: Any = None, paired: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``directory/metrics.json`` in the one format :func:`read_metrics` reads; returns what was written.
+
+    ``paired``: the network's fidelity to the dense model (:func:`lthdiff.metrics.paired`), if scored.
+    """
     payload = {"settings": dict(settings or {}), "metrics": dict(metrics), "extractor": extractor}
+    if paired is not None:
+        payload["paired"] = dict(paired)
     write_json(Path(directory) / "metrics.json", payload)
     return payload
 

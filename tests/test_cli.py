@@ -43,6 +43,10 @@ def test_quick_run_artefacts_are_consistent(quick_run):
         assert all(torch.all(params[k][~m] == 0) for k, m in mask.items())
         metrics = json.loads((r.dir / "metrics.json").read_text())
         assert metrics["metrics"]["fid"] >= 0 and (r.dir / "samples.png").exists()
+        if r.round > 0:  # paired fidelity to the dense model, from the same DDIM noise
+            assert 0 < metrics["paired"]["metrics"]["ssim"] < 1 and metrics["paired"]["metrics"]["perceptual"] > 0
+    assert list((run / "tb").glob("events.out.tfevents.*"))  # `tensorboard --logdir` shows the run
+    assert "ssim (ticket)" in html.read_text() and "perceptual = " in html.read_text()
     with sqlite3.connect(d / "runs.db") as db:
         (n_exp,) = db.execute("select count(*) from experiment").fetchone()
         rounds = {row[0] for row in db.execute("select distinct round from pruning_log")}

@@ -8,9 +8,11 @@ compressed tickets (:mod:`.compress`): bit-packed mask + kept values only.
 from .compress import load_compressed, save_compressed
 from .fidelity import (EXTRACTORS, METRICS, QualityResult, evaluate, fid, inception_available, kid,
                        reference_key, resolve_extractor)
+from .paired import paired  # after the submodule import, so lthdiff.metrics.paired is the function
 
 __all__ = ["fid", "kid", "evaluate", "QualityResult", "reference_key", "resolve_extractor", "inception_available",
-           "EXTRACTORS", "METRICS", "save_compressed", "load_compressed", "efficiency", "compress", "extractor"]
+           "EXTRACTORS", "METRICS", "save_compressed", "load_compressed", "efficiency", "compress", "extractor",
+           "paired"]
 
 
 def __getattr__(name: str):
