@@ -150,9 +150,9 @@ def load_dataset(name: str = "digits", image_size: int = 16, split: str = "train
         ds.flip = False  # digits are never mirrored, even with augment=True
         return _Labelled(ds) if labels else ds
     if name == "synthetic-lung-ct":
-        from .lung_ct import load
+        from .lung_ct import NAME, load
 
-        ds = load(image_size, split, root, n=n)
+        ds = TensorImageDataset(*load(image_size, split, root, n=n), name=NAME)
         return _Labelled(ds) if labels else ds
     return _torchvision(name, image_size, split, Path(root), augment, path, labels)
 

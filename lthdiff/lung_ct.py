@@ -147,12 +147,12 @@ def _writable(folder: Path) -> bool:
 
 def load(image_size: int = 32, split: str = "train", root: str | os.PathLike = "data", *, n: int | None = None,
          seed: int = 0):
-    """The cached SyntheticLungCT split as a :class:`lthdiff.data.TensorImageDataset` (labels: nodule count).
+    """The cached SyntheticLungCT split as ``(images (n, 1, S, S) in [-1, 1], labels = nodule count)``;
+    :func:`lthdiff.data.load_dataset` wraps them as a dataset.
 
     ``n`` defaults to 1024 (train) / 256 (test).  Generated on first use (about 10 ms per 32 px slice)
     and cached under ``root/synthetic-lung-ct/``, or ``~/.cache/lthdiff`` when ``root`` is read-only.
     """
-    from .data import TensorImageDataset
     from .io import atomic_path
 
     n = _DEFAULT_N.get(split, 0) if n is None else n
@@ -170,4 +170,4 @@ def load(image_size: int = 32, split: str = "train", root: str | os.PathLike = "
         x, y = generate(n, image_size, seed=seed, split=split)
         with atomic_path(path) as tmp:
             torch.save({"images": x, "labels": y, "seconds": time.perf_counter() - t0}, tmp)
-    return TensorImageDataset(x, y, name=NAME)
+    return x, y

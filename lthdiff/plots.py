@@ -375,7 +375,6 @@ def classic_accuracy(results: str | os.PathLike | Mapping[str, Any], *, ax: Any 
 
     import pandas as pd
 
-    from .classify import plot_accuracy
 
     payload = json.loads(Path(results).read_text()) if isinstance(results, (str, os.PathLike)) else results
     cfg = payload["config"]

@@ -102,4 +102,4 @@ def test_tests_run_offline():
     from lthdiff.metrics import fidelity
 
     assert not fidelity.inception_available() and fidelity.resolve_extractor("auto", channels=1) == "lthdiff-digits"
-    assert fidelity._online.cache_info().misses == 0  # the 2 s connection probe never ran
+    assert fidelity.online.cache_info().misses == 0  # the 2 s connection probe never ran

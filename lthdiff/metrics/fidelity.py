@@ -80,7 +80,7 @@ def _inception_file() -> Path:
 
 
 @lru_cache(maxsize=1)
-def _online(host: str = "github.com", port: int = 443, timeout: float = 2.0) -> bool:
+def online(host: str = "github.com", port: int = 443, timeout: float = 2.0) -> bool:
     try:
         socket.create_connection((host, port), timeout=timeout).close()
         return True
@@ -98,7 +98,7 @@ def inception_available(weights_path: str | os.PathLike | None = None) -> bool:
         return True
     if os.environ.get("LTHDIFF_OFFLINE", "").lower() not in ("", "0", "false", "no"):
         return False
-    return _online()
+    return online()
 
 
 def resolve_extractor(name: str, channels: int, weights_path: str | os.PathLike | None = None,

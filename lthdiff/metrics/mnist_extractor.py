@@ -144,7 +144,7 @@ def train(epochs: int = 30, *, seed: int = 0, batch_size: int = 64, lr: float = 
     """Train :class:`MnistNet` on mnist5k/train (28 px, +-2 px shifts); return the net and a summary
     (train/test accuracy on mnist5k, seconds).  One CPU thread: bit-identical weights on every run."""
     from ..data import load_dataset
-    from .train_extractor import _shift, accuracy
+    from .train_extractor import accuracy, shift
 
     tr = load_dataset("mnist5k", image_size=IMAGE_SIZE, split="train")
     te = load_dataset("mnist5k", image_size=IMAGE_SIZE, split="test")
@@ -163,7 +163,7 @@ def train(epochs: int = 30, *, seed: int = 0, batch_size: int = 64, lr: float = 
             perm = torch.randperm(len(tr.tensors), generator=g)
             for i in range(0, len(perm), batch_size):
                 idx = perm[i:i + batch_size]
-                loss = F.cross_entropy(net(_shift(tr.tensors[idx], g, max_shift=2)), tr.labels[idx])
+                loss = F.cross_entropy(net(shift(tr.tensors[idx], g, max_shift=2)), tr.labels[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

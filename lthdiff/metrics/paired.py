@@ -55,9 +55,9 @@ def lpips_available() -> bool:
         return True
     if os.environ.get("LTHDIFF_OFFLINE", "").lower() not in ("", "0", "false", "no"):
         return False
-    from .fidelity import _online
+    from .fidelity import online
 
-    return _online()
+    return online()
 
 
 def _lpips(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

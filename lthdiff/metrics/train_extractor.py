@@ -20,7 +20,7 @@ from .extractor import PACKAGE_WEIGHTS, IMAGE_SIZE, DigitsNet
 __all__ = ["train", "accuracy", "main"]
 
 
-def _shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:
+def shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:
     """Random translation by up to ``max_shift`` pixels (background -1 fills the border)."""
     n, _, h, w = x.shape
     padded = F.pad(x, [max_shift] * 4, value=-1.0)
@@ -57,7 +57,7 @@ def train(epochs: int = 20, *, seed: int = 0, batch_size: int = 64, lr: float = 
             perm = torch.randperm(len(tr.tensors), generator=g)
             for i in range(0, len(perm), batch_size):
                 idx = perm[i:i + batch_size]
-                loss = F.cross_entropy(net(_shift(tr.tensors[idx], g)), tr.labels[idx])
+                loss = F.cross_entropy(net(shift(tr.tensors[idx], g)), tr.labels[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
