@@ -66,7 +66,10 @@ def sample(
     bar = tqdm(total=n_batches * steps, desc=f"sample {sampler}", disable=not progress, leave=False)
     for b in range(n_batches):
         x = x_all[b * batch_size:(b + 1) * batch_size].to(device)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + b + 1)
+        # One noise generator per image (diffusers draws per-sample noise from a list), so DDPM's
+        # step noise, like the initial noise, does not depend on batch_size.
+        first = b * batch_size
+        gen = [torch.Generator().manual_seed(seed * 1_000_003 + first + i + 1) for i in range(len(x))]
         sched.set_timesteps(min(steps, sched.config.num_train_timesteps))
         for t in sched.timesteps:
             eps = unet(x, t.to(device)).sample
