@@ -286,8 +286,8 @@ def evaluate(
     sampled = isinstance(unet_or_images, nn.Module)
     # A bad extractor name fails before minutes of sampling, not after.
     in_channels = getattr(getattr(unet_or_images, "config", None), "in_channels", None) if sampled else None
-    if in_channels is not None:
-        resolve_extractor(feature_extractor, in_channels, feature_extractor_weights_path)
+    extractor = None if in_channels is None else resolve_extractor(
+        feature_extractor, in_channels, feature_extractor_weights_path, reference)
     if sampled:
         from ..sampling import sample
 
@@ -309,7 +309,8 @@ def evaluate(
     if image_size is not None and image_size != size:
         raise ValueError(f"image_size={image_size} but the images are {size}x{images.shape[-2]}")
 
-    extractor = resolve_extractor(feature_extractor, images.shape[1], feature_extractor_weights_path, reference)
+    if extractor is None or images.shape[1] != in_channels:
+        extractor = resolve_extractor(feature_extractor, images.shape[1], feature_extractor_weights_path, reference)
     from .extractor import NAME
     from .mnist_extractor import NAME as MNIST_NAME
 
