@@ -88,7 +88,7 @@ def imp_accuracy(result: Any, test_set: Dataset, *, ema: bool = False, batch_siz
     are trained and judged on.  ``device`` defaults to CUDA when available.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+    from .runtime import progress_bar
 
     if isinstance(result, (str, Path)):
         result = IMPResult.load(result)
@@ -96,7 +96,7 @@ def imp_accuracy(result: Any, test_set: Dataset, *, ema: bool = False, batch_siz
         device = "cuda" if torch.cuda.is_available() else "cpu"
     infos = [(r.round, info) for r in result.rounds for info in [r, *r.controls.values()]]
     rows = []
-    for rnd, info in tqdm(infos, desc="evaluate", disable=not progress, leave=False):
+    for rnd, info in progress_bar(infos, desc="evaluate", disable=not progress, leave=False):
         acc = evaluate_accuracy(info.load_model(ema=ema), test_set, batch_size=batch_size, device=device)
         rows.append({"round": rnd, "variant": info.variant, "sparsity": info.sparsity,
                      "remaining": 1 - info.sparsity, "accuracy": acc})

@@ -83,8 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--feature-extractor", default="auto")
 
-    p = sub.add_parser("report", help="HTML + Markdown report of a run directory")
+    p = sub.add_parser("report", help="HTML + Markdown report of a run directory (verdict first)")
     p.add_argument("run_dir")
+    p.add_argument("more_runs", nargs="*", metavar="MORE_RUN_DIRS",
+                   help="the same experiment with other seeds: the verdict averages over all runs (error bars)")
     p.add_argument("--registry", default=None)
     return ap
 
@@ -125,11 +127,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_pipeline(cfg)
         return 0
     if args.command == "report":
-        from .report import build
+        from .report import main as report_main
 
-        paths = build(args.run_dir, registry=args.registry)
-        print(f"report: {paths.html}\nsummary: {paths.markdown}")
-        return 0
+        return report_main([args.run_dir, *args.more_runs, *(["--registry", args.registry] if args.registry else [])])
     if args.command == "sample":
         import torch
 

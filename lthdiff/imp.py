@@ -26,7 +26,6 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from . import masks as M
 from . import pruners
@@ -35,7 +34,7 @@ from .io import tensors_digest
 from .models import load_model, save_model
 from .runs import (IMPResult, RegistryLog, RoundInfo, check_or_write_config, copy_network, rollback,
                    write_round)
-from .runtime import process_state
+from .runtime import process_state, progress_bar
 from .tasks import resolve_task
 from .train import train
 
@@ -192,7 +191,7 @@ def run_imp(
         return pruners.magnitude(model, target, scope="layer" if ls is not None else scope, mask=base,
                                  layer_sparsity=ls)
 
-    bar = tqdm(total=rounds + 1, desc="IMP rounds", disable=not progress)
+    bar = progress_bar(total=rounds + 1, desc="IMP rounds", disable=not progress)
     for r in range(rounds + 1):
         rdir = run_dir / f"round_{r:02d}"
         if (rdir / "summary.json").exists() and _controls_done(rdir, r, controls):

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import torch
 
 from .config import Config
 from .io import read_json, write_json
-from .runs import IMPResult, write_metrics
+from .runs import IMPResult, RegistryLog, write_metrics
 
 __all__ = ["build_dataset", "build_model", "run_pipeline", "evaluate_run", "efficiency"]
 
@@ -42,14 +41,16 @@ def _channels(result: Any) -> int:
     return int(result.config["model_config"]["in_channels"])
 
 
-def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_id: int | None = None,
+def evaluate_run(run_dir: str | Path, cfg: Config, *, on_metrics: Callable[[int, str, dict[str, Any]], None] | None = None,
                  progress: bool = True) -> list[dict[str, Any]]:
     """FID/KID of every round's ticket and controls (EMA weights), written to ``metrics.json`` beside each,
     plus, for every non-dense network, paired SSIM/PSNR/perceptual distance to the dense round-0 model
     (:func:`lthdiff.metrics.paired`, on ``max(16, min(256, n // 8))`` DDIM samples from shared noise).
 
     Rounds already evaluated with the same settings are skipped, so the stage resumes.  Metrics and
-    sample grids also go to TensorBoard (``run_dir/tb``).
+    sample grids also go to TensorBoard (``run_dir/tb``).  ``on_metrics(round, variant, payload)`` is
+    called for every network, evaluated now or before, with what ``metrics.json`` holds (the pipeline
+    records it in the registry through :class:`lthdiff.runs.RegistryLog`).
     """
     from .metrics import evaluate
     from .metrics.fidelity import resolve_extractor
@@ -80,14 +81,10 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, registry: Any = None, exp_
                                feature_extractor=extractor)
                 pair = None if rnd.round == 0 and info.variant == "ticket" else paired_for(dense, info.load_model())
                 cached = write_metrics(info.dir, res.metrics, settings=settings, extractor=res.extractor, paired=pair)
-                if registry is not None and exp_id is not None:
-                    registry.log_metrics(exp_id, rnd.round, cached["metrics"], extractor=res.extractor,
-                                         settings=settings, variant=info.variant)
-                    if pair is not None:
-                        registry.log_metrics(exp_id, rnd.round, pair["metrics"], extractor=pair["perceptual_kind"],
-                                             settings=settings, variant=info.variant)
                 tb.log_eval(run_dir, rnd.round, info.variant, {**res.metrics, **(pair or {}).get("metrics", {})},
                             info.dir / "samples.png")
+            if on_metrics is not None:
+                on_metrics(rnd.round, info.variant, cached)
             rows.append({"round": rnd.round, "variant": info.variant, "sparsity": info.sparsity,
                          "final_loss": info.final_loss, **cached["metrics"], **cached.get("paired", {}).get("metrics", {}),
                          "extractor": cached["extractor"],
@@ -121,33 +118,37 @@ def efficiency(run_dir: str | Path, cfg: Config, *, sampling_steps: int | None =
 def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Run the whole main job for ``cfg``; return paths and the metrics table."""
     from .imp import imp_allocation, run_imp
-    from .registry import Registry
     from .report import build
+    from .verdict import headline_text, rows_from_runs
 
     t0 = time.perf_counter()
     run_dir = Path(cfg.output.run_dir)
     ds = build_dataset(cfg)
     unet = build_model(cfg, channels=ds[0].shape[0])
-    registry = Registry(cfg.output.registry) if cfg.output.registry else None
+    log = RegistryLog(cfg.output.registry or None, run_dir)  # every registry row of this run is written through it
     print(f"[lthdiff] run dir {run_dir}; {len(ds)} images; {sum(p.numel() for p in unet.parameters()):,} parameters")
     result = run_imp(
         unet, ds, rounds=cfg.imp.rounds, steps_per_round=cfg.train.steps, run_dir=run_dir,
         prune_per_round=cfg.imp.prune_per_round, rewind=cfg.imp.rewind, scope=cfg.imp.scope,
         allocation=imp_allocation(cfg.imp.allocation), seed=cfg.train.seed,
         controls=tuple(cfg.imp.controls), batch_size=cfg.train.batch_size, lr=cfg.train.lr, ema=cfg.train.ema,
-        exclude=cfg.imp.exclude or None, checkpoint_every=cfg.train.checkpoint_every, registry=registry,
+        exclude=cfg.imp.exclude or None, checkpoint_every=cfg.train.checkpoint_every, on_round=log,
         progress=progress)
     from .runtime import process_state
 
     if not process_state().is_main_process:  # under `accelerate launch`, training was data-parallel; the rest is not
         return {"run_dir": run_dir, "report": None, "markdown": None, "rows": [], "result": result}
-    exp_id = registry.find_experiment(run_dir) if registry is not None else None
-    print("[lthdiff] evaluating rounds (FID/KID)")
-    rows = evaluate_run(run_dir, cfg, registry=registry, exp_id=exp_id, progress=progress)
+    log.completed()
+    print("[lthdiff] evaluating rounds (FID/KID)", flush=True)
+    rows = evaluate_run(run_dir, cfg, on_metrics=log.metrics, progress=progress)
     efficiency(run_dir, cfg)
-    paths = build(run_dir, registry=registry)
+    paths = build(run_dir)
+    log.report(paths.title, paths.html)
     write_json(run_dir / "pipeline.json", {"config": cfg.to_dict(), "seconds": time.perf_counter() - t0,
                                            "rows": rows})
-    print(f"[lthdiff] done in {time.perf_counter() - t0:.0f} s; report: {paths.html}")
+    print(f"\n{headline_text(rows_from_runs(run_dir))}\n")
+    print(f"[lthdiff] done in {time.perf_counter() - t0:.0f} s\n  report:      {paths.html}\n"
+          f"  TensorBoard: tensorboard --logdir {run_dir / 'tb'}"
+          + (f"\n  registry:    {cfg.output.registry}" if cfg.output.registry else ""), flush=True)
     return {"run_dir": run_dir, "report": paths.html, "markdown": paths.markdown, "rows": rows,
             "result": result}

@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import math
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,8 +23,11 @@ from typing import Any, Mapping, Sequence
 
 from . import masks as M
 from . import plots
+from .browser import screenshot
+from .tables import fmt, html_table, md_table
 from .io import atomic_path, read_json
-from .runs import IMPResult, read_losses, read_metrics
+from .runs import IMPResult, RegistryLog, read_losses, read_metrics
+from .verdict import METRIC_LABELS, aggregate, headline, headline_text, matching_sparsity, rows_from_runs
 
 __all__ = ["ReportPaths", "build", "results_table", "wide_table", "block_sparsity", "read_metrics",
            "screenshot", "main"]
@@ -45,6 +44,7 @@ class ReportPaths:
 
     html: Path
     markdown: Path
+    title: str = ""
 
 
 # ------------------------------------------------------------------------------ tables
@@ -121,47 +121,35 @@ def block_sparsity(run: Any, variant: str = "ticket"):
     return df.loc[order]
 
 
-# ------------------------------------------------------------------------------ formatting
-def _fmt(value: Any, column: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if column == "sparsity" and isinstance(value, (int, float)):
-        return f"{100 * value:.1f}%"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}" if abs(value) >= 10_000 else str(value)
-    if isinstance(value, float):
-        if value == int(value) and abs(value) < 1e15:
-            return f"{int(value):,}" if abs(value) >= 10_000 else str(int(value))
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, default=str)
-    return str(value)
+# ------------------------------------------------------------------------------ column names
+# What a column means, with its unit; a reader should never have to know our dict keys.
+_EFFICIENCY_LABELS = {"params_total": "parameters", "params_nonzero": "non-zero parameters",
+                      "macs_dense": "MACs (dense kernels)", "macs_effective": "MACs (sparse kernels)",
+                      "macs_reduction": "MACs ×  (dense / sparse)", "dense_fp32_bytes": "dense fp32 file (bytes)",
+                      "compressed_bytes": "compressed ticket (bytes)", "compression_ratio": "size ×  (dense / ticket)",
+                      "latency_s": "latency (s / image)", "latency_s_per_step": "latency (s / step)",
+                      "throughput_img_per_s": "throughput (images / s)"}
+# Improved precision/recall (k=3 nearest neighbours) is noise on a few hundred samples, and
+# KID's std over subsets describes the estimator, not the network: neither belongs in a results table.
+_PRC = ("precision", "recall", "f_score")
+PRC_MIN_SAMPLES = 1000
 
 
-def _cells(df: Any) -> list[list[str]]:
-    return [[_fmt(_py(v), str(c)) for c, v in zip(df.columns, row)] for row in df.itertuples(index=False)]
+def _labelled(df: Any, labels: Mapping[str, str]):
+    return df.rename(columns={c: labels.get(c, c) for c in df.columns})
 
 
-def _py(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v
-
-
-def _md_table(df: Any) -> str:
-    def esc(s: str) -> str:
-        return s.replace("|", "\\|").replace("\n", " ")
-
-    head = [esc(str(c)) for c in df.columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in _cells(df)]
-    return "\n".join(lines)
-
-
-def _html_table(df: Any, cls: str = "") -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in _cells(df))
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+def _details_table(long: Any, n_samples: int | None) -> tuple[Any, list[str]]:
+    """The long results table without columns that mean nothing at this sample size; what was dropped and why."""
+    drop, why = [], []
+    if "kid_std" in long.columns:
+        drop.append("kid_std")
+    present = [c for c in _PRC if c in long.columns]
+    if present and (n_samples is None or n_samples < PRC_MIN_SAMPLES):
+        drop += present
+        why.append(f"precision/recall/F-score left out: {n_samples or 'too few'} samples per network "
+                   f"(k-NN manifolds need >= {PRC_MIN_SAMPLES})")
+    return long.drop(columns=drop), why
 
 
 def _config_frame(config: Mapping[str, Any]):
@@ -176,7 +164,7 @@ def _config_frame(config: Mapping[str, Any]):
             return [clean(x) for x in v]
         return float(f"{v:.4g}") if isinstance(v, float) else v
 
-    return pd.DataFrame({"setting": list(config), "value": [_fmt(clean(v)) for v in config.values()]})
+    return pd.DataFrame({"setting": list(config), "value": [fmt(clean(v)) for v in config.values()]})
 
 
 def _efficiency_frame(run_dir: Path):
@@ -207,7 +195,7 @@ def _figure(fig: Any, alt: str) -> str:
 def _figures(result: Any, long: Any, blocks: Any) -> list[tuple[str, str]]:
     """(section title, HTML) for each figure of the report."""
     out = []
-    metric_cols = [c for c in long.columns if c not in ("round", "variant", "sparsity")]
+    metric_cols = [c for c in long.columns if c not in ("round", "variant", "sparsity", "seed")]
     if len(long["round"].unique()) > 1 and metric_cols:
         import matplotlib.pyplot as plt
 
@@ -289,14 +277,47 @@ table.samples td,table.samples th{text-align:center}
 """
 
 
+def _samples_per_network(result: Any) -> int | None:
+    """Samples behind each network's FID (from the evaluation settings in metrics.json), None if not evaluated."""
+    for r in result.rounds:
+        path = r.dir / "metrics.json"
+        if path.exists():
+            data = read_json(path)
+            n = data.get("settings", {}).get("n") if isinstance(data, Mapping) else None
+            if isinstance(n, int):
+                return n
+    return None
+
+
+def _verdict_html(rows: list[dict[str, Any]]) -> str:
+    """Headline table, the matching sparsity in one sentence, and the metric vs sparsity with error bars."""
+    table = headline(rows)
+    metric = table.attrs["metric"]
+    text = headline_text(rows).splitlines()
+    intro, sentence = text[0], text[-1]
+    out = f"<p>{html.escape(intro)}</p>" + html_table(table, "headline") + f"<p><b>{html.escape(sentence)}</b></p>"
+    if len(table) > 1:
+        seeds = table.attrs["seeds"]
+        fig = plots.quality_vs_sparsity(aggregate(rows, metric), metric=metric,
+                                        matching=matching_sparsity(rows, metric)["sparsity"] or None,
+                                        title=f"{metric.upper() if metric == 'fid' else metric} vs sparsity"
+                                              + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else " (1 seed)"))
+        out += _figure(fig, "ticket and controls vs sparsity; the grey band is dense ± 1 std over seeds")
+    return out
+
+
 # ------------------------------------------------------------------------------ build
-def build(run_dir: str | os.PathLike, *, registry: Any = None, out_dir: str | os.PathLike | None = None,
-          title: str | None = None) -> ReportPaths:
+def build(run_dir: str | os.PathLike, *, out_dir: str | os.PathLike | None = None, title: str | None = None,
+          more_runs: Sequence[str | os.PathLike] = ()) -> ReportPaths:
     """Write ``report.html`` and ``report.md`` for the IMP run in ``run_dir`` (to ``out_dir``,
     default ``run_dir/report``); atomically, so a reader never sees half a report.
 
-    ``registry``: a :class:`lthdiff.registry.Registry` or a database path; the report is
-    recorded there and linked to the run's experiment (if the run is registered).
+    The page leads with the verdict (:func:`lthdiff.verdict.headline`): per sparsity, the ticket's
+    FID relative to dense and to each control, and the seeds it wins.  ``more_runs``: run
+    directories of the same experiment with other seeds; the verdict averages over all of them
+    and its plot gets error bars (the details below describe ``run_dir`` alone).
+    To record the report in a registry: :meth:`lthdiff.runs.RegistryLog.report` (as the pipeline
+    and ``python -m lthdiff.report --registry`` do).
     """
     run_dir = Path(run_dir)
     result = _load(run_dir)
@@ -305,7 +326,6 @@ def build(run_dir: str | os.PathLike, *, registry: Any = None, out_dir: str | os
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     title = title or f"IMP report: {run_dir.resolve().name}"
     long = results_table(result)
-    wide = wide_table(long)
     blocks = block_sparsity(result)
     eff = _efficiency_frame(run_dir)
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -313,26 +333,33 @@ def build(run_dir: str | os.PathLike, *, registry: Any = None, out_dir: str | os
 
     meta = (f"run directory <code>{html.escape(str(run_dir.resolve()))}</code> · {len(result.rounds)} rounds · "
             f"generated {created} by lthdiff {__version__}")
-    sections = [("Results", "<p>One row per round: overall sparsity of the ticket and the final training "
-                 "loss (mean of the last steps) and metrics of the ticket and its controls.</p>"
-                 + _html_table(wide, "results"))]
+    rows = rows_from_runs([result, *[r for r in more_runs]])
+    n_samples = _samples_per_network(result)
+    details, dropped = _details_table(long, n_samples)
+    sections = [("Verdict", _verdict_html(rows)),
+                ("Details: every metric", "<p>One row per round: overall sparsity, the final training loss "
+                 "(mean of the last steps) and every metric of the ticket and its controls"
+                 + (f" ({n_samples} samples per network)" if n_samples else "") + ". "
+                 + " ".join(html.escape(w) + "." for w in dropped) + "</p>"
+                 + html_table(wide_table(_labelled(details, METRIC_LABELS)), "results"))]
     from .metrics.paired import run_note
 
     if run_note(result):  # what the paired ssim/psnr/perceptual columns are, and which perceptual measure
-        sections[0] = (sections[0][0], sections[0][1] + f"<p>{html.escape(run_note(result))}</p>")
-    sections += _figures(result, long, blocks)
+        sections[1] = (sections[1][0], sections[1][1] + f"<p>{html.escape(run_note(result))}</p>")
+    sections += _figures(result, details, blocks)
     if not blocks.empty:
         tbl = blocks.copy()
         tbl.columns = [f"round {c}" for c in tbl.columns]
         sections.append(("Sparsity per block (table)",
-                         "<details><summary>show</summary>" + _html_table(tbl.reset_index(names="block"), "blocks")
+                         "<details><summary>show</summary>" + html_table(tbl.reset_index(names="block"), "blocks")
                          + "</details>"))
     samples = _samples_html(result)
     if samples:
         sections.append(("Samples", samples))
     if eff is not None and not eff.empty:
-        sections.append(("Efficiency", _html_table(eff, "efficiency")))
-    sections.append(("Configuration", _html_table(_config_frame(result.config), "config")))
+        eff = _labelled(eff, _EFFICIENCY_LABELS)
+        sections.append(("Efficiency", html_table(eff, "efficiency")))
+    sections.append(("Configuration", html_table(_config_frame(result.config), "config")))
     body = "".join(f"<section><h2>{html.escape(h)}</h2>{content}</section>" for h, content in sections)
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
@@ -340,76 +367,23 @@ def build(run_dir: str | os.PathLike, *, registry: Any = None, out_dir: str | os
 
     md = [f"# {title}", "", f"Run directory `{run_dir.resolve()}`, {len(result.rounds)} rounds, generated "
           f"{created} by lthdiff {__version__}. Figures and samples: `report.html`.", "",
-          "## Results", "", _md_table(wide), "", *([run_note(result), ""] if run_note(result) else [])]
+          "## Verdict", "", "```", headline_text(rows), "```", "",
+          "## Details: every metric", "", md_table(wide_table(_labelled(details, METRIC_LABELS))), "", *[w + "." for w in dropped],
+          *([run_note(result), ""] if run_note(result) else [])]
     if not blocks.empty:
         tbl = blocks.copy()
         tbl.columns = [f"round {c}" for c in tbl.columns]
-        md += ["## Sparsity per block", "", _md_table(tbl.reset_index(names="block")), ""]
+        md += ["## Sparsity per block", "", md_table(tbl.reset_index(names="block")), ""]
     if eff is not None and not eff.empty:
-        md += ["## Efficiency", "", _md_table(eff), ""]
-    md += ["## Configuration", "", _md_table(_config_frame(result.config)), ""]
+        md += ["## Efficiency", "", md_table(eff), ""]
+    md += ["## Configuration", "", md_table(_config_frame(result.config)), ""]
 
-    paths = ReportPaths(html=out_dir / "report.html", markdown=out_dir / "report.md")
+    paths = ReportPaths(html=out_dir / "report.html", markdown=out_dir / "report.md", title=title)
     with atomic_path(paths.html) as tmp:
         tmp.write_text(page, encoding="utf-8")
     with atomic_path(paths.markdown) as tmp:
         tmp.write_text("\n".join(md), encoding="utf-8")
-    if registry is not None:
-        _register(registry, run_dir, title, paths.html)
     return paths
-
-
-def _register(registry: Any, run_dir: Path, title: str, path: Path) -> None:
-    from .registry import Registry
-
-    reg = registry if isinstance(registry, Registry) else Registry(registry)
-    try:
-        exp = reg.find_experiment(run_dir)
-        reg.add_report(title, path, [exp] if exp is not None else [])
-    finally:
-        if reg is not registry:
-            reg.close()
-
-
-# ------------------------------------------------------------------------------ screenshot
-_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
-
-
-def screenshot(html_path: str | os.PathLike, png: str | os.PathLike, *, width: int = 1200, height: int = 2400,
-               timeout: float = 180.0) -> Path | None:
-    """Render ``html_path`` in headless Chromium to ``png`` (``width`` x ``height`` pixels).
-
-    Returns the PNG path, or None (with a message on stderr) when no Chromium/Chrome is installed
-    (``apt-get install chromium``).  Used to check that a report renders, and for previews.
-    """
-    exe = next((p for p in map(shutil.which, _BROWSERS) if p), None)
-    if exe is None:
-        print(f"lthdiff.report.screenshot: no browser found (looked for {', '.join(_BROWSERS)}); "
-              "install one, e.g. `apt-get install chromium`", file=sys.stderr)
-        return None
-    html_path = Path(html_path).resolve()
-    if not html_path.exists():
-        raise FileNotFoundError(f"no such file: {html_path}")
-    png = Path(png)
-    with tempfile.TemporaryDirectory(prefix="lthdiff-chromium-") as work:
-        # Chromium picks the image format from the extension, so render beside the profile, then
-        # move it into place atomically
-        shot = Path(work) / "screenshot.png"
-        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--hide-scrollbars", f"--user-data-dir={Path(work) / 'profile'}", f"--screenshot={shot}",
-               f"--window-size={width},{height}", html_path.as_uri()]
-        try:
-            err = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stderr
-        except subprocess.TimeoutExpired as exc:
-            # headless Chromium sometimes lingers after writing the screenshot; the file decides
-            err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr or "")
-        if not shot.exists() or shot.stat().st_size == 0:
-            lines = [ln for ln in err.splitlines() if "dbus" not in ln]  # dbus noise is harmless
-            raise RuntimeError(f"{exe} wrote no screenshot of {html_path}; its output:\n" + "\n".join(lines[-20:]))
-        with atomic_path(png) as tmp:
-            shutil.copyfile(shot, tmp)
-    return png
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -417,16 +391,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m lthdiff.report RUN_DIR``: build the report, print where it is; 0 on success, 2 on error."""
     ap = argparse.ArgumentParser(prog="python -m lthdiff.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", help="IMP run directory (holds config.json and round_XX/)")
+    ap.add_argument("more_runs", nargs="*", metavar="MORE_RUN_DIRS",
+                    help="the same experiment with other seeds: the verdict averages over all runs (error bars)")
     ap.add_argument("--registry", default=None, help="SQLite registry to record the report in")
     ap.add_argument("--out-dir", default=None, help="where to write report.html/report.md (default RUN_DIR/report)")
     ap.add_argument("--title", default=None)
     ap.add_argument("--screenshot", default=None, metavar="PNG", help="also render the page to PNG with Chromium")
     args = ap.parse_args(argv)
     try:
-        paths = build(args.run_dir, registry=args.registry, out_dir=args.out_dir, title=args.title)
+        paths = build(args.run_dir, out_dir=args.out_dir, title=args.title, more_runs=args.more_runs)
+        RegistryLog(args.registry, args.run_dir).report(paths.title, paths.html)
+        verdict = headline_text(rows_from_runs([args.run_dir, *args.more_runs]))
     except (ValueError, FileNotFoundError) as exc:
         print(f"lthdiff report: error: {exc}", file=sys.stderr)
         return 2
+    print(verdict)
     print(f"report: {paths.html}\nsummary: {paths.markdown}")
     if args.screenshot:
         shot = screenshot(paths.html, args.screenshot)

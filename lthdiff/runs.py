@@ -249,27 +249,74 @@ def rollback(run_dir: str | Path, round: int) -> Path:
 
 
 class RegistryLog:
-    """Records an IMP run in a registry: the experiment row, each round (call it with a :class:`RoundInfo`,
-    as an ``on_round`` callback) and the final status.  A no-op without a registry, and on every
-    process but the main one, so a run is recorded once and by this class only.
+    """The one writer of the experiment registry (:class:`lthdiff.registry.Registry`) for a run directory.
+
+    Every registry row a run produces goes through here: the experiment (created on first use from
+    ``run_dir/config.json``), each round (call it with a :class:`RoundInfo`: it is an ``on_round``
+    callback for :func:`lthdiff.imp.run_imp`), evaluation metrics (:meth:`metrics`, the payload
+    :func:`write_metrics` wrote), reports (:meth:`report`) and the status.  A no-op without a
+    registry, and on every process but the main one, so a run is recorded once.  Writes are upserts,
+    so logging a resumed run again changes nothing.
     """
 
-    def __init__(self, registry: Any, run_dir: Path, config: dict[str, Any]) -> None:
-        self.exp_id, self.reg = _registry_experiment(registry, run_dir, config)
+    def __init__(self, registry: Any, run_dir: str | Path | None = None, config: dict[str, Any] | None = None) -> None:
+        self._registry = registry if registry not in ("", None) and process_state().is_main_process else None
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._config = config
+        self.reg: Any = None
+        self.exp_id: int | None = None
+
+    def _experiment(self, run_dir: Path | None = None) -> int | None:
+        if self._registry is None:
+            return None
+        if self.exp_id is None:
+            self.run_dir = self.run_dir or run_dir
+            if self.run_dir is None:
+                raise ValueError("RegistryLog needs the run directory (pass run_dir=...) before it can record")
+            config = self._config or read_json(self.run_dir / "config.json")
+            self.exp_id, self.reg = _registry_experiment(self._registry, self.run_dir, config)
+        return self.exp_id
 
     def __call__(self, info: RoundInfo) -> None:
-        if self.reg is not None:
-            _log_round(self.reg, self.exp_id, info)
+        """Record one finished round (the ticket's per-layer sparsities and final loss, the controls' losses)."""
+        exp = self._experiment(info.dir.parent)
+        if exp is not None:
+            _log_round(self.reg, exp, info)
+            if info.round >= int((self._config or read_json(self.run_dir / "config.json")).get("rounds", -1)):
+                self.completed()
+
+    def metrics(self, round: int, variant: str, payload: Mapping[str, Any]) -> None:
+        """Record a network's evaluation: ``payload`` as :func:`write_metrics` returns it (quality metrics
+        under their feature extractor, paired SSIM/PSNR/perceptual under the perceptual measure)."""
+        exp = self._experiment()
+        if exp is None:
+            return
+        settings = payload.get("settings") or {}
+        self.reg.log_metrics(exp, round, payload["metrics"], extractor=payload.get("extractor"), settings=settings,
+                             variant=variant)
+        pair = payload.get("paired")
+        if pair:
+            self.reg.log_metrics(exp, round, pair["metrics"], extractor=pair.get("perceptual_kind"),
+                                 settings=settings, variant=variant)
+
+    def report(self, title: str, path: str | Path) -> None:
+        """Record a report file and link it to this run's experiment (if the run is registered)."""
+        if self._registry is None:
+            return
+        if self.reg is None:
+            from .registry import Registry
+
+            self.reg = self._registry if isinstance(self._registry, Registry) else Registry(self._registry)
+        exp = self.exp_id if self.exp_id is not None else self.reg.find_experiment(self.run_dir)
+        self.reg.add_report(title, path, [exp] if exp is not None else [])
 
     def completed(self) -> None:
         """Mark the experiment completed (after its last round)."""
-        if self.reg is not None:
+        if self._experiment() is not None:
             self.reg.set_status(self.exp_id, "completed")
 
 
 def _registry_experiment(registry: Any, run_dir: Path, config: dict[str, Any]):
-    if registry is None or not process_state().is_main_process:  # one row per experiment, not per process
-        return None, None
     from .registry import Registry
 
     reg = registry if isinstance(registry, Registry) else Registry(registry)

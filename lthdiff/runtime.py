@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import numbers
 import os
+import sys
 from typing import Any
 
-__all__ = ["mix_seed", "process_state", "is_quick", "positive_int"]
+__all__ = ["mix_seed", "process_state", "is_quick", "positive_int", "interactive", "progress_bar", "log_line"]
 
 
 def mix_seed(*ints: int) -> int:
@@ -42,3 +43,37 @@ def positive_int(value: Any, what: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def interactive() -> bool:
+    """True where a live progress bar is readable: a terminal (stderr is a TTY) or a Jupyter kernel.
+
+    ``LTHDIFF_PROGRESS=1`` forces bars on, ``=0`` off.  In a log file (``lthdiff run > log.txt``),
+    nohup, or CI, bars are off: each carriage-return refresh would become a line of the log.
+    """
+    forced = os.environ.get("LTHDIFF_PROGRESS")
+    if forced is not None and forced != "":
+        return forced not in ("0", "false", "False")
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
+def progress_bar(*args: Any, disable: bool = False, **kwargs: Any):
+    """``tqdm.auto.tqdm`` that stays silent outside a terminal or notebook (see :func:`interactive`).
+
+    Callers that run long report one line when they finish (:func:`log_line`), so a log file gets
+    one line per trained network instead of thousands of bar refreshes.
+    """
+    from tqdm.auto import tqdm
+
+    return tqdm(*args, disable=disable or not interactive(), **kwargs)
+
+
+def log_line(message: str, *, enabled: bool = True) -> None:
+    """Print ``message`` (prefixed ``[lthdiff]``) when progress is wanted but no bar is shown."""
+    if enabled and not interactive():
+        print(f"[lthdiff] {message}", flush=True)

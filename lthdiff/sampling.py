@@ -11,9 +11,9 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from .data import to_uint8
+from .runtime import progress_bar
 from .tasks import make_scheduler
 
 __all__ = ["SAMPLERS", "scheduler", "sample", "pipeline", "image_grid", "show_grid"]
@@ -63,7 +63,7 @@ def sample(
     x_all = torch.randn((n, cfg.in_channels, size, size), generator=torch.Generator().manual_seed(seed))
     out = []
     n_batches = math.ceil(n / batch_size)
-    bar = tqdm(total=n_batches * steps, desc=f"sample {sampler}", disable=not progress, leave=False)
+    bar = progress_bar(total=n_batches * steps, desc=f"sample {sampler}", disable=not progress, leave=False)
     for b in range(n_batches):
         x = x_all[b * batch_size:(b + 1) * batch_size].to(device)
         # One noise generator per image (diffusers draws per-sample noise from a list), so DDPM's

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +21,9 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from .io import CorruptFileError, atomic_path, read_json, tensors_digest, write_json
-from .runtime import mix_seed, process_state
+from .runtime import log_line, mix_seed, process_state, progress_bar
 from .tasks import DiffusionTask, Task, make_scheduler, resolve_task
 
 # Task, DiffusionTask, make_scheduler and process_state are re-exported from their owners
@@ -235,8 +232,8 @@ def train(
 
     t0 = time.perf_counter()
     step = start
-    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress or not accelerator.is_main_process,
-               leave=False)
+    show = progress and accelerator.is_main_process
+    bar = progress_bar(total=steps, initial=start, desc=desc, disable=not show, leave=False)
     n_batches = len(accelerator.prepare(_epoch_loader(dataset, batch_size, seed, 0)))
     params = list(raw.parameters())
     while step < steps:
@@ -274,6 +271,10 @@ def train(
             if step >= steps:
                 break
     bar.close()
+    if step > start:
+        tail = losses[-max(1, len(losses) // 10):]
+        log_line(f"{desc}: {step} steps ({step - start} now) in {time.perf_counter() - t0:.0f} s, "
+                 f"mean loss of the last 10 % {sum(tail) / len(tail):.4f}", enabled=show)
     if step > start or (ckpt_dir is not None and load_checkpoint(ckpt_dir) is None):
         checkpoint(step)
     if writer is not None:

@@ -48,7 +48,8 @@ def run_dir(tmp_path_factory):
         d = run / f"round_{r:02d}"
         mask = {n: torch.rand(params[n].shape, generator=gen) >= s for n in M.prunable(model)}
         _round_dir(d, r, mask, 1.0 / (r + 1), gen, {"target_sparsity": s})
-        write_json(d / "metrics.json", {"metrics": {"fid": 50.0 - 10 * r, "kid": 0.05}, "extractor": "digits-cnn",
+        write_json(d / "metrics.json", {"metrics": {"fid": 50.0 - 10 * r, "kid": 0.05, "kid_std": 0.01,
+                                                    "precision": 0.5}, "extractor": "digits-cnn",
                                         "settings": {"n": 16}})
         images = torch.randint(0, 256, (16, 1, 16, 16), generator=gen, dtype=torch.uint8)
         image_grid(images, scale=2).save(d / "samples.png")
@@ -79,16 +80,22 @@ def test_report_html_and_markdown(run_dir, report):
     # self-contained: no external resources, every image inline and a valid PNG
     assert not re.search(r'(src|href)="(https?:|//|file:)', page) and "<script" not in page
     images = re.findall(r'<img[^>]+src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 1 + 1 + 2 + 3  # metric curves, block heatmap, two loss plots, 3 sample grids
+    assert len(images) == 1 + 1 + 1 + 2 + 3  # verdict, metric curves, block heatmap, two loss plots, 3 sample grids
     assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
-    assert 'class="results"' in page and "fid (random_reinit)" in page and "Efficiency" in page
+    assert 'class="results"' in page and "FID (random_reinit)" in page and "Efficiency" in page
+    # the answer first: the verdict is the first section, its table the first table on the page
+    assert re.findall(r"<h2>([^<]+)</h2>", page)[0] == "Verdict"
+    assert page.index('class="headline"') < page.index('class="results"')
+    # KID's subset std is not a result, and precision/recall on 16 samples would be noise
+    assert "kid_std" not in page and "KID std" not in page and "precision" not in page.split("left out")[1]
+    assert "precision/recall/F-score left out: 16 samples per network" in page
 
     md = paths.markdown.read_text()
-    results = _markdown_section(md, "Results")
+    results = _markdown_section(md, "Details: every metric")
     header = [c.strip() for c in results[0].strip("|").split("|")]
     assert header[:2] == ["round", "sparsity"]
-    for col in ["final_loss (ticket)", "final_loss (random_reinit)", "final_loss (random_mask)", "fid (ticket)",
-                "fid (random_reinit)", "kid (ticket)"]:
+    for col in ["final loss (ticket)", "final loss (random_reinit)", "final loss (random_mask)", "FID (ticket)",
+                "FID (random_reinit)", "KID (ticket)"]:
         assert col in header
     rows = results[2:]
     assert len(rows) == len(SPARSITY)  # a row per round
@@ -96,10 +103,10 @@ def test_report_html_and_markdown(run_dir, report):
         cells = [c.strip() for c in row.strip("|").split("|")]
         s = json.loads((run_dir / f"round_{r:02d}" / "summary.json").read_text())
         assert cells[0] == str(r) and cells[1] == f"{100 * s['sparsity']:.1f}%"
-        assert float(cells[header.index("final_loss (ticket)")]) == pytest.approx(s["final_loss"], rel=1e-3)
-        assert float(cells[header.index("fid (ticket)")]) == 50.0 - 10 * r
+        assert float(cells[header.index("final loss (ticket)")]) == pytest.approx(s["final_loss"], rel=1e-3)
+        assert float(cells[header.index("FID (ticket)")]) == 50.0 - 10 * r
         # round 0 has no controls
-        assert (cells[header.index("fid (random_reinit)")] == "–") == (r == 0)
+        assert (cells[header.index("FID (random_reinit)")] == "–") == (r == 0)
     assert len(_markdown_section(md, "Efficiency")) == 2 + len(SPARSITY)
     assert len(_markdown_section(md, "Sparsity per block")) == 2 + len(block_sparsity(run_dir))
 
@@ -146,8 +153,9 @@ def test_report_without_optional_files(run_dir, tmp_path):
     paths = build(bare)
     assert paths.html.parent == bare / "report"
     page, md = paths.html.read_text(), paths.markdown.read_text()
-    assert "Efficiency" not in page and "Samples" not in page and "fid" not in md
-    assert len(_markdown_section(md, "Results")) == 2 + len(SPARSITY)
+    assert "Efficiency" not in page and "Samples" not in page and "FID (" not in md
+    assert len(_markdown_section(md, "Details: every metric")) == 2 + len(SPARSITY)
+    assert "final training loss instead of FID" in md  # not evaluated: the verdict says what it ranks by
 
 
 @pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),

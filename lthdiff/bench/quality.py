@@ -25,96 +25,15 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..verdict import aggregate, matching_sparsity, sparsities, summarize, ticket_vs_control
 from .common import markdown_table, write_results
+
+# aggregate, matching_sparsity, ... live in lthdiff.verdict (the report uses them too); re-exported here
+__all__ = ["aggregate", "matching_sparsity", "sparsities", "summarize", "ticket_vs_control", "loss_plateau",
+           "converged", "run_seed", "main"]
 
 DATASET_DEFAULTS = {"digits": {"image_size": 16, "preset": "tiny"},
                     "mnist5k": {"image_size": 32, "preset": "mnist32"}}
-
-
-# --------------------------------------------------------------------------- pure aggregation
-def _std(v: Sequence[float]) -> float:
-    return statistics.stdev(v) if len(v) > 1 else 0.0
-
-
-def _by_seed(rows: list[dict[str, Any]], sparsity: float, variant: str, metric: str) -> dict[int, float]:
-    return {r["seed"]: r[metric] for r in rows
-            if r["variant"] == variant and math.isclose(r["sparsity"], sparsity, abs_tol=5e-4)}
-
-
-def _dense(rows: list[dict[str, Any]], metric: str) -> dict[int, float]:
-    return {r["seed"]: r[metric] for r in rows if r["round"] == 0}
-
-
-def sparsities(rows: list[dict[str, Any]]) -> list[float]:
-    """The pruned sparsities of the ticket rows, ascending (rounded to 0.1 %)."""
-    return sorted({round(r["sparsity"], 3) for r in rows if r["round"] > 0 and r["variant"] == "ticket"})
-
-
-def aggregate(rows: list[dict[str, Any]], metric: str = "fid") -> list[dict[str, Any]]:
-    """Mean/std over seeds per (sparsity, variant), with per-seed ratios to the dense model.
-
-    ``rows``: one dict per (seed, round, variant) with ``sparsity`` and ``metric`` (lower is better).
-    ``ratio_to_dense_*``: mean/std over seeds of metric / the same seed's dense metric.
-    """
-    dense = _dense(rows, metric)
-    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((round(r["sparsity"], 3), "dense" if r["round"] == 0 else r["variant"]), []).append(r)
-    out = []
-    # per sparsity: dense, then the ticket, then the controls (alphabetical)
-    for (sp, variant), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "ticket", kv[0][1])):
-        vals = [r[metric] for r in rs]
-        ratios = [r[metric] / dense[r["seed"]] for r in rs if r["seed"] in dense]
-        row = {"sparsity": sp, "variant": variant, "seeds": len(rs),
-               f"{metric}_mean": statistics.mean(vals), f"{metric}_std": _std(vals),
-               "ratio_to_dense_mean": statistics.mean(ratios) if ratios else float("nan"),
-               "ratio_to_dense_std": _std(ratios) if ratios else float("nan"),
-               "ratio_to_dense_per_seed": {r["seed"]: r[metric] / dense[r["seed"]] for r in rs if r["seed"] in dense}}
-        if "final_loss" in rs[0]:
-            row["final_loss_mean"] = statistics.mean(r["final_loss"] for r in rs)
-        out.append(row)
-    return out
-
-
-def ticket_vs_control(rows: list[dict[str, Any]], control: str, metric: str = "fid") -> list[dict[str, Any]]:
-    """Per pruned sparsity: ticket/control metric ratio per seed and how many seeds the ticket wins.
-
-    A seed is won when the ticket's metric is strictly lower than the control's of the same seed
-    (FID/KID: lower is better); only seeds with both networks count (``seeds``).
-    """
-    out = []
-    for sp in sparsities(rows):
-        t, c = _by_seed(rows, sp, "ticket", metric), _by_seed(rows, sp, control, metric)
-        common = sorted(set(t) & set(c))
-        out.append({"sparsity": sp, "control": control, "seeds": len(common),
-                    "ticket_wins": sum(t[s] < c[s] for s in common),
-                    "ratio_per_seed": {s: t[s] / c[s] for s in common}})
-    return out
-
-
-def matching_sparsity(rows: list[dict[str, Any]], metric: str = "fid", variant: str = "ticket",
-                      k_std: float = 1.0) -> dict[str, Any]:
-    """The highest sparsity at which ``variant`` still matches the dense model.
-
-    Matching at sparsity s: mean over seeds of the metric at s <= dense mean + ``k_std`` x dense std
-    (sample std over seeds), at s and at every lower pruned sparsity (the IMP path must not have
-    left the band on the way).  Returns ``{"sparsity": s or 0.0 when even the first round misses,
-    "bound": ..., "dense_mean", "dense_std", "first_miss": the first sparsity above the bound or None}``.
-    """
-    dense = list(_dense(rows, metric).values())
-    if not dense:
-        raise ValueError("no dense (round 0) rows: the bound dense mean + k std needs them")
-    mean, std = statistics.mean(dense), _std(dense)
-    bound = mean + k_std * std
-    best, miss = 0.0, None
-    for sp in sparsities(rows):
-        vals = list(_by_seed(rows, sp, variant, metric).values())
-        if not vals or statistics.mean(vals) > bound:
-            miss = sp
-            break
-        best = sp
-    return {"sparsity": best, "bound": bound, "dense_mean": mean, "dense_std": std, "first_miss": miss,
-            "variant": variant, "metric": metric}
 
 
 def loss_plateau(losses: Sequence[float], fraction: float = 0.1) -> dict[str, float]:
@@ -192,20 +111,6 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             "half_run_matches_first_half": half_losses == full_losses[:half],
             **{f"loss_{k}": v for k, v in loss_plateau(full_losses).items()}}
     return {"rows": rows, "convergence": conv}
-
-
-def summarize(rows: list[dict[str, Any]], controls: Sequence[str]) -> dict[str, Any]:
-    """Everything the report shows, from the per-network rows (pure: testable on hand-made rows)."""
-    fid_table = aggregate(rows, "fid")
-    kid_table = aggregate(rows, "kid") if all("kid" in r for r in rows) else []
-    kid_by = {(r["sparsity"], r["variant"]): r for r in kid_table}
-    for r in fid_table:
-        k = kid_by.get((r["sparsity"], r["variant"]))
-        if k:
-            r["kid_mean"], r["kid_std"] = k["kid_mean"], k["kid_std"]
-    versus = {c: ticket_vs_control(rows, c, "fid") for c in controls}
-    return {"table": fid_table, "versus": versus, "matching": matching_sparsity(rows, "fid"),
-            "matching_controls": {c: matching_sparsity(rows, "fid", variant=c) for c in controls}}
 
 
 def _markdown(args: argparse.Namespace, rows: list[dict[str, Any]], s: dict[str, Any],

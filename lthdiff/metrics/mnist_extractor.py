@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from tqdm.auto import tqdm
+
+from ..runtime import progress_bar
 
 __all__ = ["NAME", "FEATURES", "IMAGE_SIZE", "DATASETS", "MnistNet", "MnistFeatureExtractor", "weights_path",
            "load_net", "to_input", "register", "train", "main"]
@@ -158,7 +159,7 @@ def train(epochs: int = 30, *, seed: int = 0, batch_size: int = 64, lr: float = 
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
         steps_per_epoch = -(-len(tr.tensors) // batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
-        for _ in tqdm(range(epochs), desc="train mnist extractor", disable=not progress, leave=False):
+        for _ in progress_bar(range(epochs), desc="train mnist extractor", disable=not progress, leave=False):
             net.train()
             perm = torch.randperm(len(tr.tensors), generator=g)
             for i in range(0, len(perm), batch_size):

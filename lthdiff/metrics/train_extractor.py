@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from ..runtime import progress_bar
 from .extractor import PACKAGE_WEIGHTS, IMAGE_SIZE, DigitsNet
 
 __all__ = ["train", "accuracy", "main"]
@@ -52,7 +52,7 @@ def train(epochs: int = 20, *, seed: int = 0, batch_size: int = 64, lr: float = 
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
         steps_per_epoch = -(-len(tr.tensors) // batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
-        for _ in tqdm(range(epochs), desc="train digits extractor", disable=not progress, leave=False):
+        for _ in progress_bar(range(epochs), desc="train digits extractor", disable=not progress, leave=False):
             net.train()
             perm = torch.randperm(len(tr.tensors), generator=g)
             for i in range(0, len(perm), batch_size):
