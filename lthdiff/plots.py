@@ -170,6 +170,39 @@ def sparsity_curve_interactive(table: Any, metric: str, *, by: str = "variant", 
     return fig
 
 
+class WithStatic:
+    """A plotly figure that carries a static PNG twin, so it shows where JavaScript does not run.
+
+    Notebooks display it: JupyterLab / VS Code render the interactive plotly figure (its mime type),
+    Colab the plotly HTML; GitHub's viewer and ``nbconvert --to html`` fall back to the PNG of the
+    matplotlib twin.  Saved notebooks never embed plotly.js (3.5 MB), only the figure's JSON.
+    """
+
+    def __init__(self, figure: Any, static: Any) -> None:
+        static = getattr(static, "figure", static)  # an Axes -> its Figure
+        self.figure = figure
+        self.png = to_png(static)
+        close(static)  # shown through this object, not a second time by the inline backend
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        import json
+        import sys
+
+        title = self.figure.layout.title.text or "figure"
+        bundle: dict[str, Any] = {"image/png": base64.b64encode(self.png).decode("ascii"),
+                                  "text/plain": f"<interactive figure: {title}>"}
+        if "google.colab" in sys.modules:  # Colab renders HTML outputs, not the plotly mime type
+            bundle["text/html"] = self.figure.to_html(include_plotlyjs="cdn", full_html=False)
+        else:
+            bundle["application/vnd.plotly.v1+json"] = json.loads(self.figure.to_json())
+        return bundle
+
+
+def with_static(figure: Any, static: Any) -> WithStatic:
+    """``figure`` (plotly) to display together with ``static`` (a matplotlib twin), see :class:`WithStatic`."""
+    return WithStatic(figure, static)
+
+
 def sparsity_heatmap(matrix: Any, *, ax: Any = None, title: str = "sparsity per block", cmap: str = "viridis",
                      vmin: float | None = 0.0, vmax: float | None = 1.0, annotate: bool | None = None,
                      label: str = "sparsity"):

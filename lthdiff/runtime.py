@@ -54,8 +54,11 @@ def interactive() -> bool:
     forced = os.environ.get("LTHDIFF_PROGRESS")
     if forced is not None and forced != "":
         return forced not in ("0", "false", "False")
-    if "ipykernel" in sys.modules:
-        return True
+    if "IPython" in sys.modules:  # a Jupyter/Colab kernel (not a terminal IPython) draws widget bars
+        from IPython import get_ipython
+
+        if hasattr(get_ipython(), "kernel"):
+            return True
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # replaced or closed stderr

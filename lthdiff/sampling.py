@@ -48,6 +48,8 @@ def sample(
 
     ``sampler="ddim"`` runs ``steps`` DDIM steps (deterministic given the initial noise when
     ``eta=0``); ``"ddpm"`` runs the ancestral sampler (``steps`` is capped at the training steps).
+    ``device``: move ``unet`` there first (default: where it is).  The initial noise is drawn on the
+    CPU, so the same seed starts from the same noise on any device.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"n must be a positive int, got {n!r}")
@@ -56,7 +58,9 @@ def sample(
     sched = scheduler(sampler)
     cfg = unet.config
     size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    device = torch.device(device) if device is not None else next(unet.parameters()).device
+    if device is not None:  # e.g. widgets.device(): sample on the GPU where there is one
+        unet.to(device)
+    device = next(unet.parameters()).device
     was_training = unet.training
     unet.eval()
     # All initial noise comes from one generator so images do not depend on batch_size.

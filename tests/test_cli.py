@@ -21,6 +21,10 @@ def quick_run(tmp_path_factory):
                            "--registry", str(d / "runs.db")], cwd=d, env=env, capture_output=True, text=True,
                           timeout=1800)  # ~2 min on an idle 2-core machine; generous under load
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # stdout/stderr are pipes here, as in `lthdiff run --quick > log.txt 2>&1`: no bar refreshes, one
+    # line per trained network; a carriage return counts as a line break (it is one in most log viewers)
+    log = (proc.stdout + proc.stderr).replace("\r", "\n").splitlines()
+    assert len(log) <= 200, "\n".join(log[:50])
     return d, proc.stdout
 
 
@@ -30,7 +34,9 @@ def test_quick_run_artefacts_are_consistent(quick_run):
 
     d, out = quick_run
     run = d / "run"
-    assert "report:" in out and str(run) in out
+    assert "report:" in out and str(run) in out and "tensorboard --logdir" in out
+    # the answer is printed, not only written: the headline table and the matching sparsity
+    assert "ticket / dense" in out and "won vs random_reinit" in out and "Matching sparsity:" in out
     res = IMPResult.load(run)
     assert [r.round for r in res.rounds] == [0, 1, 2]
     html = next(run.glob("**/report.html"))
@@ -46,12 +52,14 @@ def test_quick_run_artefacts_are_consistent(quick_run):
         if r.round > 0:  # paired fidelity to the dense model, from the same DDIM noise
             assert 0 < metrics["paired"]["metrics"]["ssim"] < 1 and metrics["paired"]["metrics"]["perceptual"] > 0
     assert list((run / "tb").glob("events.out.tfevents.*"))  # `tensorboard --logdir` shows the run
-    assert "ssim (ticket)" in html.read_text() and "perceptual = " in html.read_text()
+    assert "SSIM to dense (ticket)" in html.read_text() and "perceptual = " in html.read_text()
     with sqlite3.connect(d / "runs.db") as db:
         (n_exp,) = db.execute("select count(*) from experiment").fetchone()
         rounds = {row[0] for row in db.execute("select distinct round from pruning_log")}
         (n_fid,) = db.execute("select count(*) from evaluation_metric where name = 'fid'").fetchone()
-    assert n_exp == 1 and rounds >= {1, 2}
+        (status,) = db.execute("select status from experiment").fetchone()
+        (n_reports,) = db.execute("select count(*) from report_experiment").fetchone()
+    assert n_exp == 1 and rounds >= {1, 2} and status == "completed" and n_reports == 1
     assert n_fid == 3 + 2  # three tickets (dense included) + the random-reinit control of rounds 1 and 2
 
 

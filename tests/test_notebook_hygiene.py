@@ -1,0 +1,69 @@
+"""What a reader of the notebooks relies on without running them: one repository URL, badges that
+open the right notebook, and quick runs that never resume a full run's state."""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _repo() -> str:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+
+
+def _cells(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["cells"]
+
+
+def _src(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) >= 5
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_one_repository_url(nb):
+    repo = _repo()
+    owner_name = repo.removeprefix("https://github.com/")
+    cells = _cells(nb)
+    badge = f"https://colab.research.google.com/github/{owner_name}/blob/main/notebooks/{nb.name}"
+    assert badge in _src(cells[0]), f"{nb.name}: the first cell's Colab badge must open {badge}"
+    assert badge in (ROOT / "README.md").read_text(), f"README's badge for {nb.name} must be {badge}"
+    install = _src(cells[1])
+    assert f'REPO = "{repo}"' in install and 'f"git+{REPO}"' in install
+
+
+def _controls(nb: Path) -> dict[str, object]:
+    """The literal specs of the notebook's ``widgets.controls(...)`` call."""
+    for cell in _cells(nb):
+        if cell["cell_type"] != "code" or "controls(" not in _src(cell):
+            continue
+        tree = ast.parse(re.sub(r"^[%!].*$", "", _src(cell), flags=re.M))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "controls":
+                return {k.arg: ast.literal_eval(k.value) for k in node.keywords
+                        if isinstance(k.value, (ast.Constant, ast.Tuple, ast.Dict))}
+    raise AssertionError(f"{nb.name} has no widgets.controls(...) cell")
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_quick_and_full_runs_never_share_a_directory(nb, monkeypatch):
+    from lthdiff.widgets import sized
+
+    specs = {k: v for k, v in _controls(nb).items() if k in ("run_dir", "run_root", "dense_from")}
+    assert specs, f"{nb.name}: no run directory control"
+    for name, spec in specs.items():
+        monkeypatch.setenv("LTHDIFF_QUICK", "0")
+        full = sized(spec)
+        monkeypatch.setenv("LTHDIFF_QUICK", "1")
+        quick = sized(spec)
+        assert full != quick, f"{nb.name}: {name} is {full!r} in both quick and full mode"
