@@ -172,7 +172,7 @@ def config_macs(unet_or_config: Any, batch_size: int = 1) -> int:
 def _macs(cfg_json: str, batch_size: int) -> int:
     from diffusers import UNet2DModel
 
-    from ...metrics.efficiency import macs as count
+    from ...macs import macs as count
 
     cfg = json.loads(cfg_json)
     size = cfg["sample_size"] if isinstance(cfg["sample_size"], int) else cfg["sample_size"][0]
