@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 __all__ = ["NAME", "FEATURES", "IMAGE_SIZE", "DigitsNet", "DigitsFeatureExtractor", "weights_path",
-           "weights_digest", "load_net", "register"]
+           "weights_digest", "load_net", "register", "gray_input", "NetFeatureExtractor", "register_extractor"]
 
 NAME = "lthdiff-digits"
 FEATURES = "64"  # penultimate layer: the features FID/KID/PRC use
@@ -84,52 +84,79 @@ def load_net(path: str | Path | None = None) -> DigitsNet:
     return net.eval().requires_grad_(False)
 
 
-def to_input(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images (N, 1 or 3, H, W) -> float (N, 1, 16, 16) in [-1, 1] (RGB to luma, bilinear resize)."""
+def gray_input(x: torch.Tensor, size: int, name: str, crop_from: int | None = None) -> torch.Tensor:
+    """uint8 images (N, 1 or 3, H, W) -> float (N, 1, size, size) in [-1, 1], the input of a digit CNN.
+
+    RGB goes to luma (ITU-R BT.601, as PIL's ``convert("L")``); a ``crop_from`` x ``crop_from``
+    image is center-cropped to ``size`` (undoing zero padding without resampling); any other size
+    is resized bilinearly (antialiased).  ``name`` (the extractor) appears in the error message.
+    """
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"{NAME} expects uint8 images (N, 1 or 3, H, W), got {x.dtype} {tuple(x.shape)}")
+        raise ValueError(f"{name} expects uint8 images (N, 1 or 3, H, W), got {x.dtype} {tuple(x.shape)}")
     x = x.float() / 127.5 - 1
-    if x.shape[1] == 3:  # ITU-R BT.601 luma, as PIL's convert("L")
+    if x.shape[1] == 3:
         x = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-        x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False, antialias=True)
+    if crop_from is not None and x.shape[-2:] == (crop_from, crop_from):
+        m = (crop_from - size) // 2
+        x = x[..., m:m + size, m:m + size]
+    elif x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return x
 
 
-class DigitsFeatureExtractor(FeatureExtractorBase):
-    """torch-fidelity wrapper of :class:`DigitsNet`: features ``"64"`` (penultimate) and ``"logits"``."""
+def to_input(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, 1 or 3, H, W) -> float (N, 1, 16, 16) in [-1, 1] (RGB to luma, bilinear resize)."""
+    return gray_input(x, IMAGE_SIZE, NAME)
+
+
+class NetFeatureExtractor(FeatureExtractorBase):
+    """torch-fidelity wrapper of a digit CNN with ``features(x)``, ``fc2`` and ``scale`` (as :class:`DigitsNet`).
+
+    Subclasses set ``FEATURES`` (the penultimate layer's name), ``IMAGE_SIZE``, and the static
+    ``load_net(path)`` and ``to_input(uint8 images)`` of their network; features ``FEATURES``
+    (FID/KID/PRC) and ``"logits"`` (Inception Score).
+    """
+
+    FEATURES = FEATURES
+    IMAGE_SIZE = IMAGE_SIZE
+    load_net = staticmethod(load_net)
+    to_input = staticmethod(to_input)
 
     def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
                  **kwargs) -> None:
         super().__init__(name, features_list)
-        self.net = load_net(feature_extractor_weights_path)
+        self.net = self.load_net(feature_extractor_weights_path)
 
-    @staticmethod
-    def get_provided_features_list() -> tuple[str, ...]:
-        return FEATURES, "logits"
+    @classmethod
+    def get_provided_features_list(cls) -> tuple[str, ...]:
+        return cls.FEATURES, "logits"
 
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric: str) -> str:
-        return {"isc": "logits", "fid": FEATURES, "kid": FEATURES, "prc": FEATURES}[metric]
+    @classmethod
+    def get_default_feature_layer_for_metric(cls, metric: str) -> str:
+        return {"isc": "logits", "fid": cls.FEATURES, "kid": cls.FEATURES, "prc": cls.FEATURES}[metric]
 
     @staticmethod
     def can_be_compiled() -> bool:
         return False
 
-    @staticmethod
-    def get_dummy_input_for_compile() -> torch.Tensor:
-        return torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+    @classmethod
+    def get_dummy_input_for_compile(cls) -> torch.Tensor:
+        return torch.zeros(1, 1, cls.IMAGE_SIZE, cls.IMAGE_SIZE, dtype=torch.uint8)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        feats = self.net.features(to_input(x))
-        out = {FEATURES: feats, "logits": None}
+        feats = self.net.features(self.to_input(x))
+        out = {self.FEATURES: feats, "logits": None}
         if "logits" in self.features_list:
             out["logits"] = self.net.fc2(feats / self.net.scale)
         return tuple(out[f] for f in self.features_list)
 
 
-def register() -> str:
-    """Register :class:`DigitsFeatureExtractor` with torch-fidelity as ``"lthdiff-digits"``; idempotent.
+class DigitsFeatureExtractor(NetFeatureExtractor):
+    """torch-fidelity wrapper of :class:`DigitsNet`: features ``"64"`` (penultimate) and ``"logits"``."""
+
+
+def register_extractor(name: str, cls: type) -> str:
+    """Register ``cls`` with torch-fidelity as ``name``; idempotent.
 
     torch-fidelity refuses a second registration of a name, which a re-run notebook cell (or an
     ``importlib.reload``) would trigger, so the registry is checked first; a stale class from a
@@ -137,11 +164,16 @@ def register() -> str:
     """
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-    existing = FEATURE_EXTRACTORS_REGISTRY.get(NAME)
+    existing = FEATURE_EXTRACTORS_REGISTRY.get(name)
     if existing is None:
-        register_feature_extractor(NAME, DigitsFeatureExtractor)
-    elif existing is not DigitsFeatureExtractor:
-        if existing.__module__ != DigitsFeatureExtractor.__module__:
-            raise ValueError(f"torch-fidelity already has a feature extractor {NAME!r} from {existing.__module__}")
-        FEATURE_EXTRACTORS_REGISTRY[NAME] = DigitsFeatureExtractor
-    return NAME
+        register_feature_extractor(name, cls)
+    elif existing is not cls:
+        if existing.__module__ != cls.__module__:
+            raise ValueError(f"torch-fidelity already has a feature extractor {name!r} from {existing.__module__}")
+        FEATURE_EXTRACTORS_REGISTRY[name] = cls
+    return name
+
+
+def register() -> str:
+    """Register :class:`DigitsFeatureExtractor` with torch-fidelity as ``"lthdiff-digits"``; idempotent."""
+    return register_extractor(NAME, DigitsFeatureExtractor)

@@ -12,15 +12,13 @@ Scores from different extractors are not comparable; every result names its extr
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-from ..runtime import progress_bar
+from .extractor import NetFeatureExtractor, gray_input, register_extractor
 
 __all__ = ["NAME", "FEATURES", "IMAGE_SIZE", "DATASETS", "MnistNet", "MnistFeatureExtractor", "weights_path",
            "load_net", "to_input", "register", "train", "main"]
@@ -80,63 +78,22 @@ def to_input(x: torch.Tensor) -> torch.Tensor:
     RGB goes to luma; 32x32 is center-cropped (undoing mnist5k's 2 px zero padding, no resampling);
     any other size is resized bilinearly (antialiased).
     """
-    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"{NAME} expects uint8 images (N, 1 or 3, H, W), got {x.dtype} {tuple(x.shape)}")
-    x = x.float() / 127.5 - 1
-    if x.shape[1] == 3:  # ITU-R BT.601 luma, as PIL's convert("L")
-        x = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    if x.shape[-2:] == (32, 32):
-        x = x[..., 2:30, 2:30]
-    elif x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-        x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False, antialias=True)
-    return x
+    return gray_input(x, IMAGE_SIZE, NAME, crop_from=32)
 
 
-class MnistFeatureExtractor(FeatureExtractorBase):
+class MnistFeatureExtractor(NetFeatureExtractor):
     """torch-fidelity wrapper of :class:`MnistNet`: features ``"128"`` (penultimate) and ``"logits"``."""
 
-    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
-                 **kwargs) -> None:
-        super().__init__(name, features_list)
-        self.net = load_net(feature_extractor_weights_path)
-
-    @staticmethod
-    def get_provided_features_list() -> tuple[str, ...]:
-        return FEATURES, "logits"
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric: str) -> str:
-        return {"isc": "logits", "fid": FEATURES, "kid": FEATURES, "prc": FEATURES}[metric]
-
-    @staticmethod
-    def can_be_compiled() -> bool:
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile() -> torch.Tensor:
-        return torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        feats = self.net.features(to_input(x))
-        out = {FEATURES: feats, "logits": None}
-        if "logits" in self.features_list:
-            out["logits"] = self.net.fc2(feats / self.net.scale)
-        return tuple(out[f] for f in self.features_list)
+    FEATURES = FEATURES
+    IMAGE_SIZE = IMAGE_SIZE
+    load_net = staticmethod(load_net)
+    to_input = staticmethod(to_input)
 
 
 def register() -> str:
     """Register :class:`MnistFeatureExtractor` with torch-fidelity as ``"lthdiff-mnist"``; idempotent
     (a re-run notebook cell or a reloaded module replaces its own stale class, never a foreign one)."""
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
-
-    existing = FEATURE_EXTRACTORS_REGISTRY.get(NAME)
-    if existing is None:
-        register_feature_extractor(NAME, MnistFeatureExtractor)
-    elif existing is not MnistFeatureExtractor:
-        if existing.__module__ != MnistFeatureExtractor.__module__:
-            raise ValueError(f"torch-fidelity already has a feature extractor {NAME!r} from {existing.__module__}")
-        FEATURE_EXTRACTORS_REGISTRY[NAME] = MnistFeatureExtractor
-    return NAME
+    return register_extractor(NAME, MnistFeatureExtractor)
 
 
 # --------------------------------------------------------------------------- training
@@ -144,42 +101,10 @@ def train(epochs: int = 30, *, seed: int = 0, batch_size: int = 64, lr: float = 
           progress: bool = True) -> tuple[MnistNet, dict]:
     """Train :class:`MnistNet` on mnist5k/train (28 px, +-2 px shifts); return the net and a summary
     (train/test accuracy on mnist5k, seconds).  One CPU thread: bit-identical weights on every run."""
-    from ..data import load_dataset
-    from .train_extractor import accuracy, shift
+    from .train_extractor import fit
 
-    tr = load_dataset("mnist5k", image_size=IMAGE_SIZE, split="train")
-    te = load_dataset("mnist5k", image_size=IMAGE_SIZE, split="test")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    try:
-        torch.manual_seed(seed)
-        g = torch.Generator().manual_seed(seed)
-        net = MnistNet()
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-        steps_per_epoch = -(-len(tr.tensors) // batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
-        for _ in progress_bar(range(epochs), desc="train mnist extractor", disable=not progress, leave=False):
-            net.train()
-            perm = torch.randperm(len(tr.tensors), generator=g)
-            for i in range(0, len(perm), batch_size):
-                idx = perm[i:i + batch_size]
-                loss = F.cross_entropy(net(shift(tr.tensors[idx], g, max_shift=2)), tr.labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-        net.eval()
-        with torch.no_grad():
-            net.scale.fill_(1.0 / net.features(tr.tensors).pow(2).mean().sqrt())
-        summary = {"train_accuracy": accuracy(net, tr.tensors, tr.labels),
-                   "test_accuracy": accuracy(net, te.tensors, te.labels),
-                   "n_train": len(tr.tensors), "n_test": len(te.tensors), "epochs": epochs, "seed": seed,
-                   "batch_size": batch_size, "lr": lr, "seconds": time.perf_counter() - t0,
-                   "params": sum(p.numel() for p in net.parameters())}
-    finally:
-        torch.set_num_threads(threads)
-    return net, summary
+    return fit(MnistNet, "mnist5k", IMAGE_SIZE, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
+               max_shift=2, desc="train mnist extractor", progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:

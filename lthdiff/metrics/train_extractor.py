@@ -10,14 +10,16 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from ..runtime import progress_bar
 from .extractor import PACKAGE_WEIGHTS, IMAGE_SIZE, DigitsNet
 
-__all__ = ["train", "accuracy", "main"]
+__all__ = ["fit", "train", "accuracy", "shift", "main"]
 
 
 def shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:
@@ -29,35 +31,42 @@ def shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tens
 
 
 @torch.no_grad()
-def accuracy(net: DigitsNet, x: torch.Tensor, y: torch.Tensor) -> float:
+def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Top-1 accuracy of ``net`` on float images ``x`` in [-1, 1] with labels ``y``."""
     net.eval()
     return float((net(x).argmax(1) == y).float().mean())
 
 
-def train(epochs: int = 20, *, seed: int = 0, batch_size: int = 64, lr: float = 2e-3,
-          progress: bool = True) -> tuple[DigitsNet, dict]:
-    """Train :class:`DigitsNet` on digits/train; return the net and a summary (accuracies, seconds)."""
+def fit(make_net: Callable[[], nn.Module], dataset: str, image_size: int, *, epochs: int, seed: int = 0,
+        batch_size: int = 64, lr: float = 2e-3, max_shift: int = 1, desc: str = "train extractor",
+        progress: bool = True) -> tuple[nn.Module, dict]:
+    """Train a digit classifier (``make_net()``, built after seeding) on ``dataset``/train at
+    ``image_size`` px: AdamW + one-cycle LR, random shifts of up to ``max_shift`` px, cross-entropy.
+
+    Then sets the net's ``scale`` buffer so its features have unit mean square on the train split.
+    Returns the net (eval mode) and a summary (train/test accuracy, sizes, seconds).  One CPU thread:
+    bit-identical weights on every run.
+    """
     from ..data import load_dataset
 
-    tr = load_dataset("digits", image_size=IMAGE_SIZE, split="train")
-    te = load_dataset("digits", image_size=IMAGE_SIZE, split="test")
+    tr = load_dataset(dataset, image_size=image_size, split="train")
+    te = load_dataset(dataset, image_size=image_size, split="test")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: bit-identical weights on every run
     t0 = time.perf_counter()
     try:
         torch.manual_seed(seed)
         g = torch.Generator().manual_seed(seed)
-        net = DigitsNet()
+        net = make_net()
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
         steps_per_epoch = -(-len(tr.tensors) // batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
-        for _ in progress_bar(range(epochs), desc="train digits extractor", disable=not progress, leave=False):
+        for _ in progress_bar(range(epochs), desc=desc, disable=not progress, leave=False):
             net.train()
             perm = torch.randperm(len(tr.tensors), generator=g)
             for i in range(0, len(perm), batch_size):
                 idx = perm[i:i + batch_size]
-                loss = F.cross_entropy(net(shift(tr.tensors[idx], g)), tr.labels[idx])
+                loss = F.cross_entropy(net(shift(tr.tensors[idx], g, max_shift=max_shift)), tr.labels[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -73,6 +82,13 @@ def train(epochs: int = 20, *, seed: int = 0, batch_size: int = 64, lr: float = 
     finally:
         torch.set_num_threads(threads)
     return net, summary
+
+
+def train(epochs: int = 20, *, seed: int = 0, batch_size: int = 64, lr: float = 2e-3,
+          progress: bool = True) -> tuple[DigitsNet, dict]:
+    """Train :class:`DigitsNet` on digits/train; return the net and a summary (accuracies, seconds)."""
+    return fit(DigitsNet, "digits", IMAGE_SIZE, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
+               max_shift=1, desc="train digits extractor", progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:
