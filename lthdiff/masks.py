@@ -421,7 +421,8 @@ def parse_nm(pattern: Any) -> tuple[int, int]:
                          f"pattern sparse tensor cores accelerate), got {pattern!r}")
     n, m = int(parts[0]), int(parts[1])
     if not 0 < n < m:
-        raise ValueError(f"pattern {pattern!r} needs 0 < N < M (N kept out of every M); accepted e.g. '2:4', '1:4', '4:8'")
+        raise ValueError(f"pattern {pattern!r} is not a valid N:M: it needs 0 < N < M (N kept out of every M); "
+                         "accepted e.g. '2:4', '1:4', '4:8'")
     return n, m
 
 

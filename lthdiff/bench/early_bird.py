@@ -147,7 +147,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--image-size", type=int, default=16)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=300, help="T: training steps of every IMP round and of the EB retraining")
+    ap.add_argument("--steps", type=int, default=300, help="T: steps of every IMP round and of the EB retraining")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prune-per-round", type=float, default=0.5)
     ap.add_argument("--every", type=int, default=20, help="steps between two early-bird masks")
