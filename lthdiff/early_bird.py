@@ -158,8 +158,9 @@ def find(
     between two masks (the paper draws one per epoch).  ``window``: FIFO length l (>= 2, paper 5);
     ``eps``: stop when max mask distance (normalised Hamming, :func:`mask_distance`) between the newest mask
     and the other ``window - 1`` is < ``eps`` (paper 0.1).  ``max_steps``: give up after this many dense
-    steps (the result then holds the last mask, ``stop_step=None``).  ``rewind``: ``"init"`` (theta_0) or
-    ``"step:K"`` (theta_K).  ``pattern``: an N:M pattern passed to :func:`lthdiff.pruners.magnitude`.
+    steps (the result then holds the last mask, ``stop_step=None``; calling again with a larger ``max_steps``
+    continues the search).  ``rewind``: ``"init"`` (theta_0) or
+    ``"step:K"`` (theta_K, the dense trajectory at step K, recomputed apart: not in ``steps_trained``).  ``pattern``: an N:M pattern passed to :func:`lthdiff.pruners.magnitude`.
     The other arguments are those of :func:`lthdiff.train.train`.  Deterministic by ``seed``; resumable.
     """
     rewind_step = _check(sparsity, every, eps, window, max_steps, rewind)
@@ -169,7 +170,7 @@ def find(
     init_state = {k: v.detach().cpu().clone() for k, v in unet.state_dict().items()}
     config = {
         "method": "early_bird", "sparsity": float(sparsity), "every": every, "eps": float(eps), "window": window,
-        "max_steps": max_steps, "rewind": rewind, "pattern": pattern, "seed": seed, "batch_size": batch_size,
+        "rewind": rewind, "pattern": pattern, "seed": seed, "batch_size": batch_size,
         "lr": lr, "ema": ema, "include": list(include) if include else None,
         "exclude": list(exclude) if exclude else None, "task": task_obj.config(),
         "model_class": type(unet).__name__,
@@ -177,23 +178,27 @@ def find(
         "dataset": getattr(dataset, "name", type(dataset).__name__), "dataset_size": len(dataset),
         "init_digest": tensors_digest(init_state),
     }
-    config = check_or_write_config(run_dir, config)
+    # max_steps is left out: a search that gave up may be resumed with a larger budget (like IMP's rounds)
+    config = {**check_or_write_config(run_dir, config), "max_steps": max_steps}
     train_kw = dict(batch_size=batch_size, lr=lr, seed=seed, ema=ema, task=task_obj, progress=False,
                     checkpoint_every=checkpoint_every or every)
     ckpt = run_dir / "dense" / "ckpt"
     rewind_dir = run_dir / "rewind"
     state_path = run_dir / _STATE
-    state = read_json(state_path) if state_path.exists() else {"checks": [], "distances": [], "stop_step": None,
-                                                               "done": False}
+    state = read_json(state_path) if state_path.exists() else {
+        "checks": [], "distances": [], "stop_step": None, "sparsity": float(sparsity), "every": every,
+        "eps": float(eps), "window": window}
+    state["max_steps"] = max_steps
+    state["done"] = state["stop_step"] is not None or (state["checks"][-1] if state["checks"] else 0) + every > max_steps
     template = M.ones(unet, include=include, exclude=exclude)
 
-    def dense(steps: int) -> nn.Module:
-        model = copy.deepcopy(unet)
-        model.load_state_dict(init_state)
-        return train(model, dataset, steps, checkpoint_dir=ckpt, **train_kw).model
+    def dense(steps: int, checkpoint_dir: Path | None = ckpt) -> nn.Module:
+        return train(_fresh(unet, init_state), dataset, steps, checkpoint_dir=checkpoint_dir, **train_kw).model
 
     if not rewind_dir.exists():
-        save_model(dense(rewind_step) if rewind_step else _fresh(unet, init_state), rewind_dir)
+        # theta_K is the dense trajectory at step K (training is deterministic by seed); trained apart, without
+        # checkpoints, so the search's checkpoint directory never holds a step past its next check
+        save_model(dense(rewind_step, None) if rewind_step else _fresh(unet, init_state), rewind_dir)
 
     fifo: list[tuple[int, dict[str, torch.Tensor]]] = [(s, M.load(_mask_path(run_dir, s))[0])
                                                         for s in state["checks"][-window:]]
@@ -201,10 +206,6 @@ def find(
                desc=f"early-bird search ({sparsity:.1%})", disable=not progress)
     while not state["done"]:
         step = (state["checks"][-1] if state["checks"] else 0) + every
-        if step > max_steps:
-            state["done"] = True
-            write_json(state_path, state)
-            break
         model = dense(step)
         mask = pruners.magnitude(model, sparsity, mask=template, pattern=pattern)
         M.save(_mask_path(run_dir, step), mask, metadata={"step": step})
@@ -223,6 +224,9 @@ def find(
             _mask_path(run_dir, old).unlink(missing_ok=True)
         bar.update(step - bar.n)
     bar.close()
+    if not state["checks"]:
+        raise RuntimeError(f"no mask was drawn in {run_dir}; the search state is inconsistent: remove {state_path}")
+    write_json(state_path, state)
     last = state["checks"][-1]
     mask = fifo[-1][1] if fifo and fifo[-1][0] == last else M.load(_mask_path(run_dir, last))[0]
     return EarlyBirdResult(mask=mask, stop_step=state["stop_step"], steps_trained=last,
