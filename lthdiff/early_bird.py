@@ -159,8 +159,9 @@ def find(
     ``eps``: stop when max mask distance (normalised Hamming, :func:`mask_distance`) between the newest mask
     and the other ``window - 1`` is < ``eps`` (paper 0.1).  ``max_steps``: give up after this many dense
     steps (the result then holds the last mask, ``stop_step=None``; calling again with a larger ``max_steps``
-    continues the search).  ``rewind``: ``"init"`` (theta_0) or
-    ``"step:K"`` (theta_K, the dense trajectory at step K, recomputed apart: not in ``steps_trained``).  ``pattern``: an N:M pattern passed to :func:`lthdiff.pruners.magnitude`.
+    continues the search).  ``rewind``: ``"init"`` (theta_0) or ``"step:K"`` (theta_K, the dense trajectory
+    at step K, recomputed apart: not in ``steps_trained``).  ``pattern``: an N:M pattern (``"2:4"``) passed
+    to :func:`lthdiff.pruners.magnitude`, so the early-bird mask is N:M too.
     The other arguments are those of :func:`lthdiff.train.train`.  Deterministic by ``seed``; resumable.
     """
     rewind_step = _check(sparsity, every, eps, window, max_steps, rewind)
@@ -189,7 +190,8 @@ def find(
         "checks": [], "distances": [], "stop_step": None, "sparsity": float(sparsity), "every": every,
         "eps": float(eps), "window": window}
     state["max_steps"] = max_steps
-    state["done"] = state["stop_step"] is not None or (state["checks"][-1] if state["checks"] else 0) + every > max_steps
+    last_check = state["checks"][-1] if state["checks"] else 0
+    state["done"] = state["stop_step"] is not None or last_check + every > max_steps
     template = M.ones(unet, include=include, exclude=exclude)
 
     def dense(steps: int, checkpoint_dir: Path | None = ckpt) -> nn.Module:
@@ -244,7 +246,13 @@ def retrain(result: EarlyBirdResult, dataset: Dataset, steps: int, *, progress: 
     """
     _positive_int(steps, "steps")
     d = result.run_dir / "ticket"
-    if not (d / "summary.json").exists():
+    if (d / "summary.json").exists():
+        done = read_json(d / "summary.json")
+        if done.get("search_steps") != result.steps_trained or done.get("steps") != steps:
+            raise ValueError(f"{d} holds a ticket from the mask at step {done.get('search_steps')} trained "
+                             f"{done.get('steps')} steps, not the mask at step {result.steps_trained} for {steps} "
+                             "steps (the search was continued since?); remove that folder to retrain")
+    else:
         cfg = result.config
         model = load_model(result.rewind_dir)
         res = train(model, dataset, steps, checkpoint_dir=d / "ckpt", mask=result.mask, batch_size=cfg["batch_size"],

@@ -121,3 +121,10 @@ def test_mask_distance_curve_plots_the_recorded_curve(tmp_path, small_digits):
         plots.close(fig)
     with pytest.raises(ValueError, match="list of"):
         plots.mask_distance_curve(42)
+
+
+def test_retrain_refuses_a_stale_ticket(tmp_path, small_digits):
+    res = _find(small_digits, tmp_path, lr=0.0, eps=1e-9, max_steps=4)
+    EB.retrain(res, small_digits, 2, progress=False)
+    with pytest.raises(ValueError, match="remove that folder"):
+        EB.retrain(res, small_digits, 3, progress=False)
