@@ -125,6 +125,7 @@ def run_imp(
     registry: Any = None,
     progress: bool = True,
     on_round: Callable[[RoundInfo], None] | None = None,
+    pattern: str | None = None,
     **kwargs: Any,
 ) -> IMPResult:
     """Run (or resume) IMP for ``rounds`` pruning rounds after dense round 0; see the module doc.
@@ -136,6 +137,10 @@ def run_imp(
     :mod:`lthdiff.pruners.allocation` (``"uniform"``, ``"erk"``, ``"jiang2023"``), a dict of
     per-layer sparsities, a callable, or a list of those, one per round.
     ``registry``: an :class:`lthdiff.registry.Registry` or a database path; each round is logged.
+    ``pattern``: an N:M pattern (``"2:4"``) for :func:`lthdiff.pruners.magnitude`; every round's ticket
+    (and the ``one_shot`` control) keeps it, the targets then count over the pattern-eligible weights and
+    must be >= 1 - N/M.  ``random_mask`` keeps only the per-layer sparsity (random positions, no pattern);
+    ``random_reinit`` keeps the ticket's mask.  A pattern requires ``allocation=None``.
     """
     schedule = kwargs.pop("sparsity_schedule", sparsity_schedule_)
     if kwargs:
@@ -159,6 +164,11 @@ def run_imp(
     else:
         targets = sparsity_schedule(rounds, prune_per_round)
     rewind_step = _parse_rewind(rewind, steps_per_round)
+    if pattern is not None:
+        M.parse_nm(pattern)
+        if allocation not in (None, "global"):
+            raise ValueError(f"pattern={pattern!r} works with the global ranking only; got allocation={allocation!r} "
+                             "(accepted with a pattern: None or 'global')")
     task_obj = resolve_task(task)
 
     run_dir = Path(run_dir)
@@ -178,6 +188,8 @@ def run_imp(
         "dataset": getattr(dataset, "name", type(dataset).__name__), "dataset_size": len(dataset),
         "init_digest": tensors_digest(init_state),
     }
+    if pattern is not None:  # only then, so runs without one keep the config (and hash) they always had
+        config["pattern"] = pattern
     config = check_or_write_config(run_dir, config)
     log = RegistryLog(registry, run_dir, config)
 
@@ -189,7 +201,7 @@ def run_imp(
         # One rule for the ticket (from the previous round's mask) and the one-shot control (from a full mask).
         ls = _layer_sparsity(_resolve_allocation(allocation, r), model, target, base, include, exclude)
         return pruners.magnitude(model, target, scope="layer" if ls is not None else scope, mask=base,
-                                 layer_sparsity=ls)
+                                 layer_sparsity=ls, pattern=pattern)
 
     bar = progress_bar(total=rounds + 1, desc="IMP rounds", disable=not progress)
     for r in range(rounds + 1):

@@ -415,3 +415,48 @@ def classic_accuracy(results: str | os.PathLike | Mapping[str, Any], *, ax: Any 
     plot_accuracy(pd.DataFrame(payload["rows"]), ax=ax,
                   title=title or f"{cfg['preset']} on {cfg['dataset']}: IMP, rewind to init ({cfg['seeds']} seeds)")
     return fig
+
+
+def mask_distance_curve(result: Any, *, eps: float | None = None, ax: Any = None, title: str | None = None):
+    """The early-bird mask-distance curve (You et al. 2020, Fig. 3 / Sec. 3.3): at every check, the largest
+    normalised Hamming distance (fraction of weights) between the newest mask and the others in the FIFO.
+
+    ``result``: an :class:`lthdiff.early_bird.EarlyBirdResult`, the ``early_bird.json`` it writes (path or
+    loaded dict), or a list of ``(step, distance)``.  ``eps`` (default: the result's) is drawn as a
+    horizontal line and the stop step, when there is one, as a vertical line.
+    """
+    import json
+
+    stop, cfg_eps = None, None
+    if isinstance(result, (str, os.PathLike)):
+        path = Path(result)
+        result = json.loads((path / "early_bird.json" if path.is_dir() else path).read_text())
+    if isinstance(result, Mapping):
+        points, stop = result.get("distances"), result.get("stop_step")
+        cfg_eps = result.get("eps")
+    elif hasattr(result, "distances"):
+        points, stop = result.distances, result.stop_step
+        cfg_eps = getattr(result, "config", {}).get("eps")
+    else:
+        points = result
+    try:
+        pts = [(int(s), float(d)) for s, d in points]
+    except (TypeError, ValueError) as exc:
+        raise ValueError("result must be an EarlyBirdResult, an early_bird.json (path or dict) or a list of "
+                         f"(step, distance) pairs; got {type(result).__name__}") from exc
+    eps = cfg_eps if eps is None else eps
+    fig, ax = _axes(ax, (5.5, 3.4))
+    if pts:
+        ax.plot([s for s, _ in pts], [d for _, d in pts], marker="o", ms=3, lw=1.5, color="C0",
+                label="max distance, newest vs FIFO")
+    if eps is not None:
+        ax.axhline(eps, color="C3", ls="--", lw=1, label=f"eps = {eps:g}")
+    if stop is not None:
+        ax.axvline(stop, color="C2", ls=":", lw=1.2, label=f"early-bird stop at step {stop}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mask distance (fraction of weights)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title or "Early-bird mask distance")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig

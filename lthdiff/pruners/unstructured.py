@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -142,10 +143,55 @@ def _prune(names: Sequence[str], shapes: Sequence[torch.Size], scores: list[torc
     return {n: ~result[i].reshape(shapes[i]).cpu() for i, n in enumerate(names)}
 
 
+def _nm_keep(scores: torch.Tensor, alive: torch.Tensor, shape: torch.Size, n: int, m: int) -> torch.Tensor:
+    """Keep the ``n`` largest-score alive entries of every group of ``m`` input weights (ties: lower index)."""
+    g = M.nm_groups(scores.reshape(shape), m)
+    a = M.nm_groups(alive.reshape(shape), m)
+    g = g.masked_fill(~a, float("-inf"))
+    # a stable descending sort keeps equal scores in index order, so ties keep the lower index
+    order = torch.sort(g, dim=1, descending=True, stable=True).indices[:, :n]
+    keep = torch.zeros_like(a).scatter_(1, order, True) & a
+    return M.nm_ungroup(keep, shape).reshape(-1)
+
+
+def _magnitude_nm(names: Sequence[str], shapes: Sequence[torch.Size], scores: list[torch.Tensor],
+                  prior: Mapping[str, torch.Tensor] | None, sparsity: float, pattern: str) -> dict[str, torch.Tensor]:
+    n, m = M.parse_nm(pattern)
+    fit = [i for i, s in enumerate(shapes) if M.nm_eligible(s, m)]
+    skipped = [names[i] for i in range(len(names)) if i not in set(fit)]
+    if not fit:
+        raise ValueError(f"no eligible parameter can carry the {pattern} pattern (each needs shape[1], the input "
+                         f"features/channels, a multiple of {m}); got shapes {[tuple(s) for s in shapes][:5]}")
+    if skipped:
+        warnings.warn(f"{len(skipped)} layer(s) cannot carry the {pattern} pattern (input dimension not a multiple "
+                      f"of {m}) and keep their current mask: {skipped}", UserWarning, stacklevel=4)
+    for i in fit:
+        if torch.isnan(scores[i]).any():
+            raise ValueError(f"parameter {names[i]!r} has NaN weights; cannot rank them")
+    alive = [prior[names[i]].reshape(-1).to(scores[i].device) if prior is not None
+             else torch.ones_like(scores[i], dtype=torch.bool) for i in fit]
+    patterned = {names[i]: _nm_keep(scores[i], a, shapes[i], n, m).reshape(shapes[i])
+                 for i, a in zip(fit, alive)}
+    total = sum(math.prod(shapes[i]) for i in fit)
+    pruned = sum(int((~k).sum()) for k in patterned.values())
+    k = round(sparsity * total)
+    if k < pruned:
+        raise ValueError(f"sparsity {sparsity!r} ({k} of {total} pattern-eligible weights) is below what the "
+                         f"{pattern} pattern{' and the current mask' if prior is not None else ''} already prune "
+                         f"({pruned}, sparsity {pruned / total:.6f}); accepted: sparsity >= {pruned / total:.6f} "
+                         f"(at least 1 - {n}/{m} = {1 - n / m:g})")
+    fit_names = [names[i] for i in fit]
+    out = _prune(fit_names, [shapes[i] for i in fit], [scores[i] for i in fit], patterned, sparsity, "global", {})
+    keep = {name: (prior[name].clone() if prior is not None else torch.ones(shape, dtype=torch.bool))
+            for name, shape in zip(names, shapes)}
+    keep.update(out)
+    return keep
+
+
 @torch.no_grad()
 def magnitude(model: nn.Module, sparsity: float, *, scope: str = "global",
               mask: Mapping[str, torch.Tensor] | None = None, layer_sparsity: Any = None,
-              include: Any = None, exclude: Any = None) -> M.Mask:
+              include: Any = None, exclude: Any = None, pattern: str | None = None) -> M.Mask:
     """Magnitude pruning: prune the smallest-|w| surviving weights until ``sparsity`` is reached.
 
     The pruner of the lottery ticket hypothesis (Frankle & Carbin 2019; Han et al. 2015).
@@ -158,13 +204,31 @@ def magnitude(model: nn.Module, sparsity: float, *, scope: str = "global",
     fixing those layers at exactly ``round(s * N_layer)``; with ``scope="global"`` the other layers share
     what is left of the global budget, so the overall count stays exact.  ``include``/``exclude``:
     as :func:`lthdiff.masks.prunable` (when no mask is given).  Returns a new mask on CPU.
+
+    ``pattern="N:M"`` (e.g. ``"2:4"``, the semi-structured sparsity of NVIDIA sparse tensor cores; Mishra
+    et al. 2021, arXiv 2104.08378): in every group of M consecutive input weights of a row
+    (:func:`lthdiff.masks.nm_groups`: along ``in`` for linear layers, along the input channels at fixed
+    ``(out, kh, kw)`` for convs, as NVIDIA ASP) the N largest-|w| surviving weights are kept, ties to the
+    lower index.  ``sparsity`` then counts over the pattern-eligible weights only and must be at least
+    what the pattern prunes (``1 - N/M`` from a dense mask; smaller raises ``ValueError``); beyond it,
+    further weights are pruned by global magnitude among the survivors, which keeps the pattern.  Layers
+    whose input dimension is not a multiple of M (e.g. a 1-channel ``conv_in``) are skipped with a
+    ``UserWarning`` naming them and keep their current mask (dense from a fresh one).  Masks stay nested, so
+    IMP rounds keep the pattern.  Only ``scope="global"`` without ``layer_sparsity`` supports a pattern.
     """
     sparsity = _check_fraction(sparsity, "sparsity")
     _check_scope(scope)
+    if pattern is not None:
+        M.parse_nm(pattern)
+        if scope != "global" or layer_sparsity is not None:
+            raise ValueError(f"pattern={pattern!r} supports scope='global' without layer_sparsity only; got "
+                             f"scope={scope!r}, layer_sparsity={'set' if layer_sparsity is not None else None}")
     names = _eligible(model, mask, include, exclude)
     targets = _layer_targets(layer_sparsity, names)
     params = dict(model.named_parameters())
     scores = [params[n].detach().reshape(-1).abs().float() for n in names]
+    if pattern is not None:
+        return _magnitude_nm(names, [params[n].shape for n in names], scores, mask, sparsity, pattern)
     return _prune(names, [params[n].shape for n in names], scores, mask, sparsity, scope, targets)
 
 
