@@ -31,12 +31,12 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from . import masks as M
 from . import pruners
 from .io import read_json, tensors_digest, write_json
 from .models import load_model, save_model
+from .runtime import progress_bar
 from .runs import RoundInfo, check_or_write_config, write_round
 from .tasks import resolve_task
 from .train import train
@@ -204,7 +204,7 @@ def find(
 
     fifo: list[tuple[int, dict[str, torch.Tensor]]] = [(s, M.load(_mask_path(run_dir, s))[0])
                                                         for s in state["checks"][-window:]]
-    bar = tqdm(total=max_steps, initial=state["checks"][-1] if state["checks"] else 0,
+    bar = progress_bar(total=max_steps, initial=state["checks"][-1] if state["checks"] else 0,
                desc=f"early-bird search ({sparsity:.1%})", disable=not progress)
     while not state["done"]:
         step = (state["checks"][-1] if state["checks"] else 0) + every
