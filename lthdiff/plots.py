@@ -382,3 +382,41 @@ def classic_accuracy(results: str | os.PathLike | Mapping[str, Any], *, ax: Any 
     plot_accuracy(pd.DataFrame(payload["rows"]), ax=ax,
                   title=title or f"{cfg['preset']} on {cfg['dataset']}: IMP, rewind to init ({cfg['seeds']} seeds)")
     return fig
+
+
+def structured_tickets(results: str | os.PathLike | Mapping[str, Any], *, metric: str = "fid", ax: Any = None,
+                       title: str | None = None):
+    """FID (or KID, ``metric="kid"``) per arm and MAC level from a recorded ``python -m lthdiff.bench
+    structured-tickets`` result (its JSON file or the loaded dict): bars = mean over seeds, error bars
+    = sample std, the dense model as a grey band (mean +- 1 std).  Arms: ticket (theta_0 at the kept
+    channels, Frankle & Carbin 2019), scratch (Liu et al. 2019), finetune (Diff-Pruning, Fang et al. 2023).
+    """
+    import json
+
+    payload = json.loads(Path(results).read_text()) if isinstance(results, (str, os.PathLike)) else results
+    if metric not in ("fid", "kid"):
+        raise ValueError(f"metric must be 'fid' or 'kid', got {metric!r}")
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("table"), list):
+        raise ValueError("results must be a structured-tickets benchmark result with a 'table' list "
+                         f"(lthdiff/bench/results/structured_tickets.json), got keys {list(payload)[:5] if isinstance(payload, Mapping) else type(payload).__name__}")
+    table = payload["table"]
+    fig, ax = _axes(ax, (6.0, 3.8))
+    dense = [r for r in table if r["variant"] == "dense"]
+    if dense:
+        m, s = dense[0][f"{metric}_mean"], dense[0][f"{metric}_std"]
+        ax.axhspan(m - s, m + s, color="gray", alpha=0.2, label="dense ± 1 std")
+        ax.axhline(m, color="gray", lw=1)
+    levels = sorted({r["sparsity"] for r in table if r["variant"] != "dense"})
+    arms = [a for a in ("ticket", "scratch", "finetune") if any(r["variant"] == a for r in table)]
+    width = 0.8 / max(1, len(arms))
+    for i, arm in enumerate(arms):
+        rows = {r["sparsity"]: r for r in table if r["variant"] == arm}
+        xs = [j + (i - (len(arms) - 1) / 2) * width for j, lv in enumerate(levels) if lv in rows]
+        ax.bar(xs, [rows[lv][f"{metric}_mean"] for lv in levels if lv in rows], width, color=f"C{i}", label=arm,
+               yerr=[rows[lv][f"{metric}_std"] for lv in levels if lv in rows], capsize=4)
+    ax.set_xticks(range(len(levels)), [f"{lv:.0%} fewer MACs" for lv in levels])
+    ax.set_ylabel(f"{metric.upper()} (lower is better)")
+    ax.set_title(title or f"Structured tickets: {metric.upper()} per arm (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
