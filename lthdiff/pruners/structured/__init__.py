@@ -18,7 +18,8 @@ The sinusoidal time embedding has ``block_out_channels[0]`` features.  Pruning l
 ``time_embedding.linear_1`` is refitted by least squares over the training timesteps.
 
 Layout: :mod:`.importance` (criteria), :mod:`.structure` (widths, configs, MAC budget),
-:mod:`.prune` (the pruning itself).
+:mod:`.prune` (the pruning itself, and :func:`rewind_structured`), :mod:`.tickets` (structured
+lottery tickets: the kept channels rewound to theta_0, with the scratch and fine-tune arms).
 
 MACs: a conv between two pruned levels costs ``(1-r)^2`` of its dense MACs, so MACs fall by about
 ``1 - (1-r)^2`` (r=0.3 -> ~51 %, r=0.5 -> ~75 %), less where rounding to the GroupNorm multiple
@@ -26,8 +27,9 @@ keeps channels.  :func:`ratio_for_macs` finds a uniform ratio, or one ratio per 
 reduction; :func:`pruned_config` and :func:`config_macs` give the structure and its cost without pruning.
 """
 from .importance import IMPORTANCES, HSICImportance
-from .prune import structured
+from .prune import rewind_structured, structured
 from .structure import StructuredInfo, config_macs, kept_overlap, pruned_config, ratio_for_macs
+from .tickets import ARMS, StructuredArms, ticket
 
 __all__ = ["IMPORTANCES", "HSICImportance", "StructuredInfo", "structured", "pruned_config", "config_macs",
-           "ratio_for_macs", "kept_overlap"]
+           "ratio_for_macs", "kept_overlap", "rewind_structured", "ticket", "StructuredArms", "ARMS"]

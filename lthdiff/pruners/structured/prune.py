@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,7 @@ from .importance import IMPORTANCES, NEEDS_DATA, make_scorer, timestep_grid
 from .structure import (StructuredInfo, check_supported, config_macs, level_ratios, level_runs, pruned_config, time_dim,
                         unet_config)
 
-__all__ = ["structured"]
+__all__ = ["structured", "rewind_structured", "check_rewind_state"]
 
 _ROOT_TYPES = [nn.Conv2d, nn.Linear]
 _QKV = ("to_q", "to_k", "to_v")
@@ -74,6 +74,18 @@ def _ignored_modules(unet: nn.Module, work: nn.Module, ignored_layers: Iterable[
     return out
 
 
+def _graph(work: nn.Module, cfg: dict[str, Any]) -> tuple[Any, list[Any], dict[nn.Module, str]]:
+    """torch-pruning's dependency graph of ``work``, its prunable channel groups (in a fixed order) and module names."""
+    device = next(work.parameters()).device
+    size = cfg["sample_size"] if isinstance(cfg["sample_size"], int) else cfg["sample_size"][0]
+    example = {"sample": torch.zeros(1, cfg["in_channels"], size, size, device=device),
+               "timestep": torch.ones(1, dtype=torch.long, device=device)}
+    graph = tp.DependencyGraph().build_dependency(work, example_inputs=example)
+    names = {m: n for n, m in work.named_modules()}
+    groups = list(graph.get_all_groups(ignored_layers=[work.conv_out], root_module_types=_ROOT_TYPES))
+    return graph, groups, names
+
+
 def structured(
     unet: nn.Module,
     ratio: float | Sequence[float],
@@ -91,6 +103,7 @@ def structured(
     seed: int = 0,
     progress: bool = True,
     return_info: bool = False,
+    rewind_to: "Mapping[str, torch.Tensor] | nn.Module | None" = None,
 ):
     """Remove a fraction ``ratio`` of the channels of a diffusers ``UNet2DModel``; return a NEW, smaller one.
 
@@ -123,6 +136,11 @@ def structured(
     ``num_train_timesteps``); ``batches`` x ``batch_size`` images enter the estimate.  The DDPM
     forward process is ``DDPMScheduler(num_train_timesteps).add_noise``.  Same seed -> same weights.
     With ``return_info=True`` returns ``(model, StructuredInfo)``.
+
+    ``rewind_to`` (a state dict or a UNet of ``unet``'s architecture, e.g. its initialisation
+    theta_0 or an early state theta_k): choose the channels on ``unet``'s (trained) weights as above,
+    but return the small UNet holding ``rewind_to``'s weights at exactly those channels, a
+    *structured lottery ticket* (see :func:`rewind_structured`).
     """
     from diffusers import UNet2DModel
 
@@ -143,14 +161,8 @@ def structured(
         raise ValueError(f"threshold must be in (0, 1] (Diff-Pruning's relative loss threshold), got {threshold!r}")
     grid = timestep_grid(timesteps, num_train_timesteps)
 
-    device = next(unet.parameters()).device
     work = copy.deepcopy(unet).eval()
-    size = cfg["sample_size"] if isinstance(cfg["sample_size"], int) else cfg["sample_size"][0]
-    example = {"sample": torch.zeros(1, cfg["in_channels"], size, size, device=device),
-               "timestep": torch.ones(1, dtype=torch.long, device=device)}
-    graph = tp.DependencyGraph().build_dependency(work, example_inputs=example)
-    names = {m: n for n, m in work.named_modules()}
-    groups = list(graph.get_all_groups(ignored_layers=[work.conv_out], root_module_types=_ROOT_TYPES))
+    graph, groups, names = _graph(work, cfg)
 
     # A level holding an ignored layer stays dense: the config cannot give it two widths.
     ignored = _ignored_modules(unet, work, ignored_layers)
@@ -206,6 +218,8 @@ def structured(
         raise ValueError(f"the pruned weights do not fit UNet2DModel(block_out_channels="
                          f"{target['block_out_channels']}); this layout is not supported ({exc})") from exc
     pruned.train(unet.training)
+    if rewind_to is not None:
+        pruned = rewind_structured(unet, rewind_to, info)
     if not return_info:
         return pruned
     info.params = (sum(q.numel() for q in unet.parameters()), sum(q.numel() for q in pruned.parameters()))
@@ -239,3 +253,92 @@ def _refit_time_embedding(work: nn.Module, cfg: dict[str, Any], target: dict[str
     return float(err)
 
 
+
+
+# --------------------------------------------------------------------------- rewinding (structured tickets)
+
+
+def check_rewind_state(unet: nn.Module, rewind_to: Any) -> dict[str, torch.Tensor]:
+    """``rewind_to`` as a state dict with exactly ``unet``'s keys and shapes; ValueError/TypeError naming what is off."""
+    if isinstance(rewind_to, nn.Module):
+        state = dict(rewind_to.state_dict())
+    elif isinstance(rewind_to, Mapping):
+        state = dict(rewind_to)
+    else:
+        raise TypeError(f"rewind_to must be a state dict (name -> tensor) or a UNet of the pruned model's "
+                        f"architecture (e.g. its initialisation theta_0), got {type(rewind_to).__name__}")
+    ref = unet.state_dict()
+    missing, extra = sorted(set(ref) - set(state)), sorted(set(state) - set(ref))
+    if missing or extra:
+        raise ValueError(f"rewind_to does not fit this UNet: {len(missing)} missing keys {missing[:3]}, "
+                         f"{len(extra)} unexpected keys {extra[:3]}; pass the state dict of a UNet with the same "
+                         "config as the pruned one (its initialisation theta_0 or a checkpoint theta_k)")
+    bad = [(k, tuple(v.shape) if torch.is_tensor(v) else type(v).__name__, tuple(ref[k].shape))
+           for k, v in state.items() if not torch.is_tensor(v) or v.shape != ref[k].shape]
+    if bad:
+        k, got, want = bad[0]
+        raise ValueError(f"rewind_to does not fit this UNet: {len(bad)} tensors differ in shape, e.g. {k!r} is "
+                         f"{got} but the UNet has {want}; rewind_to must come from the same architecture (config)")
+    return state
+
+
+def rewind_structured(unet: nn.Module, rewind_to: Mapping[str, torch.Tensor] | nn.Module,
+                      info: StructuredInfo) -> nn.Module:
+    """The small UNet of ``info`` holding ``rewind_to``'s weights at the channels ``info`` kept.
+
+    A structured lottery ticket: Frankle & Carbin (2019) rewind the surviving *weights* of a trained
+    network to their initial values theta_0 (Frankle et al. 2019, "Stabilizing the LTH", to an early
+    state theta_k); here the survivors are *channels*, chosen by :func:`structured` on ``unet``'s
+    trained weights and recorded in ``info.kept`` (group root -> kept channel indices).
+
+    How: the same torch-pruning plan (same dependency graph, same groups in the same order, same
+    dropped indices) is applied to a copy of ``unet`` loaded with ``rewind_to``.  Replaying the plan
+    rather than indexing each tensor from ``info.kept`` by hand is the robust choice: the graph knows
+    every tensor a channel touches (residual adds tie several convs to one group, up-block skip
+    concatenations index a norm and conv at an offset, attention prunes q/k/v by whole heads), so
+    the ticket is indexed exactly as the trained weights were, for any layout ``structured`` accepts.
+    ``time_embedding.linear_1`` is the one exception: the trained path refits it by least squares to
+    the shorter sinusoid; the ticket instead *restricts* it to the input columns of the kept
+    frequencies (the highest ``block_out_channels'[0] / 2`` of the cos and of the sin half, which
+    the config keeps exactly), so every ticket weight is a weight of ``rewind_to``.  ``unet`` is not
+    modified; ``rewind_to`` must have its keys and shapes (ValueError otherwise).
+    """
+    from diffusers import UNet2DModel
+
+    cfg = unet_config(unet)
+    boc = tuple(cfg["block_out_channels"])
+    if tuple(info.block_out_channels[0]) != boc or info.time_embedding_dim[0] != time_dim(cfg):
+        raise ValueError(f"info was recorded on a UNet with block_out_channels={info.block_out_channels[0]}, "
+                         f"time_embedding_dim={info.time_embedding_dim[0]}; this one has {boc}, {time_dim(cfg)}")
+    state = check_rewind_state(unet, rewind_to)
+    work = copy.deepcopy(unet).eval()
+    work.load_state_dict(state, strict=True)
+    graph, groups, names = _graph(work, cfg)
+    roots = [names[g[0].dep.target.module] for g in groups]
+    if set(roots) != set(info.kept):
+        raise ValueError(f"info.kept names channel groups {sorted(set(info.kept) - set(roots))[:3]} this UNet does "
+                         f"not have (or lacks {sorted(set(roots) - set(info.kept))[:3]}); pass the StructuredInfo "
+                         "that structured(..., return_info=True) returned for this UNet")
+    plans = []
+    for group, name in zip(groups, roots):
+        n = len(group[0].idxs)
+        drop = sorted(set(range(n)) - set(info.kept[name]))
+        if drop:
+            plans.append((group[0].dep.target.module, group[0].dep.handler, drop))
+    for root, handler, drop in plans:
+        graph.get_pruning_group(root, handler, drop).prune()
+
+    new_boc = tuple(info.block_out_channels[1])
+    half, new_half = boc[0] // 2, new_boc[0] // 2
+    target = dict(cfg, block_out_channels=new_boc, time_embedding_dim=info.time_embedding_dim[1],
+                  freq_shift=cfg.get("freq_shift", 0) - (half - new_half))
+    lin = work.time_embedding.linear_1
+    if new_half != half:
+        cols = torch.tensor([*range(new_half), *range(half, half + new_half)], device=lin.weight.device)
+        lin.weight = nn.Parameter(lin.weight.detach().index_select(1, cols))
+        lin.in_features = len(cols)
+    with torch.device("meta"):
+        small = UNet2DModel(**target)
+    small.load_state_dict(work.state_dict(), strict=True, assign=True)
+    small.train(unet.training)
+    return small
