@@ -256,7 +256,8 @@ class RegistryLog:
     callback for :func:`lthdiff.imp.run_imp`), evaluation metrics (:meth:`metrics`, the payload
     :func:`write_metrics` wrote), reports (:meth:`report`) and the status.  A no-op without a
     registry, and on every process but the main one, so a run is recorded once.  Writes are upserts,
-    so logging a resumed run again changes nothing.
+    so logging a resumed run again changes nothing.  The experiment is "running" from its first write
+    until :meth:`completed` (called after the last round: by ``run_imp`` or the pipeline).
     """
 
     def __init__(self, registry: Any, run_dir: str | Path | None = None, config: dict[str, Any] | None = None) -> None:
@@ -282,8 +283,6 @@ class RegistryLog:
         exp = self._experiment(info.dir.parent)
         if exp is not None:
             _log_round(self.reg, exp, info)
-            if info.round >= int((self._config or read_json(self.run_dir / "config.json")).get("rounds", -1)):
-                self.completed()
 
     def metrics(self, round: int, variant: str, payload: Mapping[str, Any]) -> None:
         """Record a network's evaluation: ``payload`` as :func:`write_metrics` returns it (quality metrics

@@ -67,3 +67,17 @@ def test_quick_and_full_runs_never_share_a_directory(nb, monkeypatch):
         monkeypatch.setenv("LTHDIFF_QUICK", "1")
         quick = sized(spec)
         assert full != quick, f"{nb.name}: {name} is {full!r} in both quick and full mode"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_with_results_visible_without_javascript(nb):
+    """Opened on GitHub (no kernel, no JavaScript) a notebook shows its figures: at least one PNG output,
+    every plotly figure carries a PNG twin, and the file stays small enough to load (< 2 MB)."""
+    assert nb.stat().st_size < 2_000_000, f"{nb.name} is {nb.stat().st_size / 1e6:.1f} MB"
+    outputs = [o for c in _cells(nb) if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"], f"{nb.name} was committed with an error"
+    bundles = [o.get("data", {}) for o in outputs]
+    assert any("image/png" in b for b in bundles), f"{nb.name} has no image output: run it and commit the outputs"
+    for b in bundles:
+        if "application/vnd.plotly.v1+json" in b or "plotly" in str(b.get("text/html", ""))[:2000]:
+            assert "image/png" in b, f"{nb.name}: an interactive figure without a static image (use plots.with_static)"
