@@ -22,7 +22,6 @@ network folder like an IMP round: mask, model, EMA, losses, summary).
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +34,8 @@ from torch.utils.data import Dataset
 from . import masks as M
 from . import pruners
 from .io import read_json, tensors_digest, write_json
-from .models import load_model, save_model
-from .runtime import progress_bar
+from .models import load_model, save_model, with_state
+from .runtime import positive_int, progress_bar
 from .runs import RoundInfo, check_or_write_config, write_round
 from .tasks import resolve_task
 from .train import train
@@ -99,17 +98,11 @@ class EarlyBirdResult:
         return self.stop_step is not None
 
 
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
-    return value
-
-
 def _check(sparsity: Any, every: Any, eps: Any, window: Any, max_steps: Any, rewind: Any) -> int | None:
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 < sparsity < 1:
         raise ValueError(f"sparsity must be the fraction of eligible weights pruned, in (0, 1), got {sparsity!r}")
-    _positive_int(every, "every")
-    _positive_int(max_steps, "max_steps")
+    positive_int(every, "every")
+    positive_int(max_steps, "max_steps")
     if isinstance(window, bool) or not isinstance(window, int) or window < 2:
         raise ValueError(f"window (the FIFO length, paper: {PAPER_WINDOW}) must be an int >= 2, got {window!r}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1 or math.isnan(eps):
@@ -195,12 +188,12 @@ def find(
     template = M.ones(unet, include=include, exclude=exclude)
 
     def dense(steps: int, checkpoint_dir: Path | None = ckpt) -> nn.Module:
-        return train(_fresh(unet, init_state), dataset, steps, checkpoint_dir=checkpoint_dir, **train_kw).model
+        return train(with_state(unet, init_state), dataset, steps, checkpoint_dir=checkpoint_dir, **train_kw).model
 
     if not rewind_dir.exists():
         # theta_K is the dense trajectory at step K (training is deterministic by seed); trained apart, without
         # checkpoints, so the search's checkpoint directory never holds a step past its next check
-        save_model(dense(rewind_step, None) if rewind_step else _fresh(unet, init_state), rewind_dir)
+        save_model(dense(rewind_step, None) if rewind_step else with_state(unet, init_state), rewind_dir)
 
     fifo: list[tuple[int, dict[str, torch.Tensor]]] = [(s, M.load(_mask_path(run_dir, s))[0])
                                                         for s in state["checks"][-window:]]
@@ -244,7 +237,7 @@ def retrain(result: EarlyBirdResult, dataset: Dataset, steps: int, *, progress: 
     ``stop_step`` and ``search_steps``) with the search's training arguments; resumable, and a finished
     ticket is returned without training.  Returns its :class:`lthdiff.runs.RoundInfo`.
     """
-    _positive_int(steps, "steps")
+    positive_int(steps, "steps")
     d = result.run_dir / "ticket"
     if (d / "summary.json").exists():
         done = read_json(d / "summary.json")
@@ -262,9 +255,3 @@ def retrain(result: EarlyBirdResult, dataset: Dataset, steps: int, *, progress: 
                                                    "search_steps": result.steps_trained,
                                                    "target_sparsity": cfg["sparsity"], "rewind": cfg["rewind"]})
     return RoundInfo.from_dir(d, variant="early_bird")
-
-
-def _fresh(template: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
-    model = copy.deepcopy(template)
-    model.load_state_dict(state)
-    return model

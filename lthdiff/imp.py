@@ -31,7 +31,7 @@ from . import masks as M
 from . import pruners
 from .controls import CONTROLS, RoundContext
 from .io import tensors_digest
-from .models import load_model, save_model
+from .models import load_model, save_model, with_state
 from .runs import (IMPResult, RegistryLog, RoundInfo, check_or_write_config, copy_network, rollback,
                    write_round)
 from .runtime import process_state, progress_bar
@@ -213,7 +213,7 @@ def run_imp(
         if r == 0:
             mask = M.ones(unet, include=include, exclude=exclude)
             if not (rdir / "summary.json").exists():
-                model = _fresh(unet, init_state)
+                model = with_state(unet, init_state)
                 if rewind_step and not rewind_dir.exists():
                     # Late rewinding: stop at step K and save theta_K (atomically) before training
                     # goes past K, so a run killed at any later step resumes without K again.
@@ -223,7 +223,7 @@ def run_imp(
                 res = train(model, dataset, steps_per_round, checkpoint_dir=rdir / "ckpt", mask=mask,
                             desc="round 0 (dense)", **train_kw)
                 if rewind_step == 0 and not rewind_dir.exists():
-                    _on_main(save_model, _fresh(unet, init_state), rewind_dir)
+                    _on_main(save_model, with_state(unet, init_state), rewind_dir)
                 _on_main(write_round, rdir, res, mask, r, extra={"target_sparsity": 0.0})
         else:
             prev = RoundInfo.from_dir(run_dir / f"round_{r - 1:02d}")
@@ -277,13 +277,6 @@ def _describe(allocation: Any) -> Any:
 def _controls_done(rdir: Path, r: int, controls: Sequence[str]) -> bool:
     return r == 0 or all((rdir / "controls" / c / "summary.json").exists() for c in controls)
 
-
-def _fresh(template: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
-    import copy
-
-    model = copy.deepcopy(template)
-    model.load_state_dict(state)
-    return model
 
 
 def _on_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from diffusers import UNet2DModel
 
-__all__ = ["PRESETS", "unet", "from_pretrained", "param_count"]
+__all__ = ["PRESETS", "unet", "from_pretrained", "param_count", "with_state"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 0.70M parameters, 16x16 grayscale: trains on 2 CPU cores at ~0.13 s/step (batch 64).
@@ -113,6 +113,14 @@ def from_pretrained(repo_or_path: str | Path, subfolder: str | None = None, **kw
             "save_pretrained (config.json + diffusion_pytorch_model.safetensors) or a Hub repo id "
             f"when the network is reachable ({exc})"
         ) from exc
+
+
+def with_state(template: Any, state: Any):
+    """A deep copy of ``template`` holding ``state`` (a state dict): the same network restarted from, e.g.,
+    its initial weights theta_0, leaving ``template`` untouched."""
+    model = copy.deepcopy(template)
+    model.load_state_dict(state)
+    return model
 
 
 def param_count(model) -> int:
