@@ -119,7 +119,6 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Run the whole main job for ``cfg``; return paths and the metrics table."""
     from .imp import imp_allocation, run_imp
     from .report import build
-    from .verdict import headline_text, rows_from_runs
 
     t0 = time.perf_counter()
     run_dir = Path(cfg.output.run_dir)
@@ -146,7 +145,7 @@ def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     log.report(paths.title, paths.html)
     write_json(run_dir / "pipeline.json", {"config": cfg.to_dict(), "seconds": time.perf_counter() - t0,
                                            "rows": rows})
-    print(f"\n{headline_text(rows_from_runs(run_dir))}\n")
+    print(f"\n{paths.verdict}\n")
     print(f"[lthdiff] done in {time.perf_counter() - t0:.0f} s\n  report:      {paths.html}\n"
           f"  TensorBoard: tensorboard --logdir {run_dir / 'tb'}"
           + (f"\n  registry:    {cfg.output.registry}" if cfg.output.registry else ""), flush=True)

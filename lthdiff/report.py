@@ -45,6 +45,7 @@ class ReportPaths:
     html: Path
     markdown: Path
     title: str = ""
+    verdict: str = ""  # the headline as plain text (lthdiff.verdict.headline_text), for a terminal
 
 
 # ------------------------------------------------------------------------------ tables
@@ -289,12 +290,12 @@ def _samples_per_network(result: Any) -> int | None:
     return None
 
 
-def _verdict_html(rows: list[dict[str, Any]]) -> str:
-    """Headline table, the matching sparsity in one sentence, and the metric vs sparsity with error bars."""
-    table = headline(rows)
+def _verdict_html(rows: list[dict[str, Any]], table: Any, text: str) -> str:
+    """Headline ``table`` (and its ``text``), the matching sparsity in one sentence, and the metric vs
+    sparsity with error bars."""
     metric = table.attrs["metric"]
-    text = headline_text(rows).splitlines()
-    intro, sentence = text[0], text[-1]
+    lines = text.splitlines()
+    intro, sentence = lines[0], lines[-1]
     out = f"<p>{html.escape(intro)}</p>" + html_table(table, "headline") + f"<p><b>{html.escape(sentence)}</b></p>"
     if len(table) > 1:
         seeds = table.attrs["seeds"]
@@ -336,7 +337,9 @@ def build(run_dir: str | os.PathLike, *, out_dir: str | os.PathLike | None = Non
     rows = rows_from_runs([result, *[r for r in more_runs]])
     n_samples = _samples_per_network(result)
     details, dropped = _details_table(long, n_samples)
-    sections = [("Verdict", _verdict_html(rows)),
+    table = headline(rows)
+    verdict = headline_text(rows, table=table)
+    sections = [("Verdict", _verdict_html(rows, table, verdict)),
                 ("Details: every metric", "<p>One row per round: overall sparsity, the final training loss "
                  "(mean of the last steps) and every metric of the ticket and its controls"
                  + (f" ({n_samples} samples per network)" if n_samples else "") + ". "
@@ -367,7 +370,7 @@ def build(run_dir: str | os.PathLike, *, out_dir: str | os.PathLike | None = Non
 
     md = [f"# {title}", "", f"Run directory `{run_dir.resolve()}`, {len(result.rounds)} rounds, generated "
           f"{created} by lthdiff {__version__}. Figures and samples: `report.html`.", "",
-          "## Verdict", "", "```", headline_text(rows), "```", "",
+          "## Verdict", "", "```", verdict, "```", "",
           "## Details: every metric", "", md_table(wide_table(_labelled(details, METRIC_LABELS))), "", *[w + "." for w in dropped],
           *([run_note(result), ""] if run_note(result) else [])]
     if not blocks.empty:
@@ -378,7 +381,8 @@ def build(run_dir: str | os.PathLike, *, out_dir: str | os.PathLike | None = Non
         md += ["## Efficiency", "", md_table(eff), ""]
     md += ["## Configuration", "", md_table(_config_frame(result.config)), ""]
 
-    paths = ReportPaths(html=out_dir / "report.html", markdown=out_dir / "report.md", title=title)
+    paths = ReportPaths(html=out_dir / "report.html", markdown=out_dir / "report.md", title=title,
+                        verdict=verdict)
     with atomic_path(paths.html) as tmp:
         tmp.write_text(page, encoding="utf-8")
     with atomic_path(paths.markdown) as tmp:
@@ -401,11 +405,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         paths = build(args.run_dir, out_dir=args.out_dir, title=args.title, more_runs=args.more_runs)
         RegistryLog(args.registry, args.run_dir).report(paths.title, paths.html)
-        verdict = headline_text(rows_from_runs([args.run_dir, *args.more_runs]))
     except (ValueError, FileNotFoundError) as exc:
         print(f"lthdiff report: error: {exc}", file=sys.stderr)
         return 2
-    print(verdict)
+    print(paths.verdict)
     print(f"report: {paths.html}\nsummary: {paths.markdown}")
     if args.screenshot:
         shot = screenshot(paths.html, args.screenshot)

@@ -275,8 +275,16 @@ class RegistryLog:
             if self.run_dir is None:
                 raise ValueError("RegistryLog needs the run directory (pass run_dir=...) before it can record")
             config = self._config or read_json(self.run_dir / "config.json")
-            self.exp_id, self.reg = _registry_experiment(self._registry, self.run_dir, config)
+            self.exp_id = _registry_experiment(self._db(), self.run_dir, config)
         return self.exp_id
+
+    def _db(self) -> Any:
+        """The open registry (opened once, from a path or the Registry given)."""
+        if self.reg is None:
+            from .registry import Registry
+
+            self.reg = self._registry if isinstance(self._registry, Registry) else Registry(self._registry)
+        return self.reg
 
     def __call__(self, info: RoundInfo) -> None:
         """Record one finished round (the ticket's per-layer sparsities and final loss, the controls' losses)."""
@@ -302,12 +310,8 @@ class RegistryLog:
         """Record a report file and link it to this run's experiment (if the run is registered)."""
         if self._registry is None:
             return
-        if self.reg is None:
-            from .registry import Registry
-
-            self.reg = self._registry if isinstance(self._registry, Registry) else Registry(self._registry)
-        exp = self.exp_id if self.exp_id is not None else self.reg.find_experiment(self.run_dir)
-        self.reg.add_report(title, path, [exp] if exp is not None else [])
+        exp = self.exp_id if self.exp_id is not None else self._db().find_experiment(self.run_dir)
+        self._db().add_report(title, path, [exp] if exp is not None else [])
 
     def completed(self) -> None:
         """Mark the experiment completed (after its last round)."""
@@ -315,10 +319,8 @@ class RegistryLog:
             self.reg.set_status(self.exp_id, "completed")
 
 
-def _registry_experiment(registry: Any, run_dir: Path, config: dict[str, Any]):
-    from .registry import Registry
-
-    reg = registry if isinstance(registry, Registry) else Registry(registry)
+def _registry_experiment(reg: Any, run_dir: Path, config: dict[str, Any]) -> int:
+    """The experiment id of ``run_dir`` in the open registry ``reg``: created from ``config``, or marked running again."""
     exp = reg.find_experiment(run_dir)
     if exp is None:
         model_id = reg.get_or_create_model(config["model_class"], config["model_config"])
@@ -327,7 +329,7 @@ def _registry_experiment(registry: Any, run_dir: Path, config: dict[str, Any]):
                                    seed=config["seed"], run_dir=run_dir)
     else:  # a resumed (or extended) run is running again until its last round is written
         reg.set_status(exp, "running")
-    return exp, reg
+    return exp
 
 
 def _log_round(reg: Any, exp_id: int, info: RoundInfo) -> None:

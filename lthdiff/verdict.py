@@ -215,9 +215,12 @@ def headline(rows: list[dict[str, Any]], metric: str | None = None):
     return df
 
 
-def headline_text(rows: list[dict[str, Any]], metric: str | None = None) -> str:
-    """:func:`headline` as plain text for a terminal or log, with the matching sparsity in one sentence."""
-    table = headline(rows, metric)
+def headline_text(rows: list[dict[str, Any]], metric: str | None = None, *, table: Any = None) -> str:
+    """:func:`headline` as plain text for a terminal or log, with the matching sparsity in one sentence.
+
+    ``table``: the :func:`headline` of these rows when the caller already has it (not recomputed).
+    """
+    table = headline(rows, metric) if table is None else table
     metric = table.attrs["metric"]
     label = METRIC_LABELS.get(metric, metric)
     m = matching_sparsity(rows, metric)

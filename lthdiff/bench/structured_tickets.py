@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..widgets import is_quick
+from ..runtime import is_quick
+from ..verdict import aggregate, ticket_vs_control
 from .common import markdown_table, write_results
-from .quality import aggregate, ticket_vs_control
 from .structured import latency_ratio
 
 CONTROLS = ("scratch", "finetune")
