@@ -26,7 +26,7 @@ from .models import load_model
 from .runs import RoundInfo
 from .runtime import mix_seed
 
-__all__ = ["RoundContext", "Control", "RandomReinit", "RandomMask", "OneShot", "CONTROLS"]
+__all__ = ["reinit", "RoundContext", "Control", "RandomReinit", "RandomMask", "OneShot", "CONTROLS"]
 
 Mask = Mapping[str, torch.Tensor]
 
@@ -61,8 +61,9 @@ class Control(Protocol):
     def start_and_mask(self, ctx: RoundContext) -> tuple[nn.Module, Mask] | None: ...
 
 
-def _reinit(template: nn.Module, seed: int) -> nn.Module:
-    """The same architecture with a new random initialisation (the random-reinit control)."""
+def reinit(template: nn.Module, seed: int) -> nn.Module:
+    """The same architecture with a new random initialisation drawn from ``seed`` (the random-reinit
+    control's start; every submodule's own ``reset_parameters``, as PyTorch initialises it)."""
     model = copy.deepcopy(template)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -78,7 +79,7 @@ class RandomReinit:
     name = "random_reinit"
 
     def start_and_mask(self, ctx: RoundContext) -> tuple[nn.Module, Mask] | None:
-        return _reinit(ctx.template, mix_seed(ctx.seed, ctx.round, 0x5EED)), ctx.mask
+        return reinit(ctx.template, mix_seed(ctx.seed, ctx.round, 0x5EED)), ctx.mask
 
 
 class RandomMask:

@@ -1,39 +1,66 @@
-"""Ticket quality vs sparsity: ``python -m lthdiff.bench quality``.
+"""Ticket quality vs sparsity, recorded network by network: ``python -m lthdiff.bench quality``.
 
-For each seed: IMP (rewind to init by default) on ``--dataset`` (digits 16 px or mnist5k 32 px)
-with a prune schedule (``--prune-per-round`` p for ``--rounds`` R: sparsity 1 - (1 - p)^r, e.g.
-p = 0.2 as Jiang et al. 2023, or explicit ``--sparsities``), the ``--controls`` at every sparsity,
-every network trained ``--steps`` steps (constant LR, deterministic by seed); then FID and KID of
-each (EMA weights, ``--n`` DDIM-``--sample-steps`` samples, sampling seed = training seed) against
-the training set, with the extractor ``feature_extractor="auto"`` picks for the dataset.
+The study behind the project's question (do DDPM lottery tickets match the dense model at 90-97 %
+sparsity?).  Per seed, one chain of IMP (Frankle & Carbin 2018, Sec. 1 steps 1-4, iterated as in
+Sec. 2): dense round 0, then ``--rounds`` rounds that prune ``--prune-per-round`` of the surviving
+weights by global magnitude (sparsity 1 - (1 - p)^r), rewind to theta_0 and retrain; the
+``--controls`` (``random_reinit``: the ticket's mask on a fresh init) at every sparsity.  Every
+network trains ``--steps`` (T) steps at a constant LR, deterministic by seed, and is scored by FID
+and KID of ``--n`` DDIM-``--sample-steps`` samples of its EMA weights (sampling seed = training seed)
+against the training split, and by FID/KID against the held-out test split (so memorising the
+training digits shows as train FID falling while test KID does not).
 
-Reports per sparsity: FID/KID mean +- std over seeds, FID/dense and ticket/random-reinit per seed,
-how many seeds the ticket beats each control, and the matching sparsity (the highest sparsity at
-which the ticket's mean FID stays within dense mean + 1 std, there and at every lower sparsity).
-Convergence check: a second dense run of T/2 steps with the same seed (training is deterministic
-and the LR constant, so it is round 0's state at step T/2; its losses are checked to be identical)
-is scored with the same protocol, FID(T/2) vs FID(T); and the loss plateau: mean loss over the last
-10 % of steps vs the 10 % before T/2.  ``--jobs N`` runs seeds in parallel processes.
+**Pieces of one network.**  The unit of work is one network (train it, score it, record it).  After
+each, its row goes to ``<records>/<name>/seed_<N>/r<RR>_<variant>.json`` and, for the ticket chain,
+the next round's mask to ``mask_r<RR>.npz`` (:mod:`lthdiff.bench.records`).  theta_0 comes from the
+seed and is checked against the recorded digest, so a machine holding only the repository continues
+with the next undone network; run directories (resume *inside* a network) go to ``--run-root``,
+default ``$XDG_CACHE_HOME/lthdiff/<name>`` (``~/.cache/lthdiff/<name>``).  ``--max-networks K`` stops
+after K networks; ``--jobs J`` runs the seeds in J processes side by side.
+
+**Converged?**  Per seed the dense model is also scored at T/2 (``dense_half``) and continued from
+its final checkpoint, optimizer state included, to 1.5 T (``dense_continued``; training is
+deterministic with a constant LR, so this equals one run of 1.5 T).  Converged when
+|FID(1.5 T) - FID(T)| <= max(dense FID std over seeds, 5 % of FID(T)) and the loss plateaued (mean
+loss over the last 10 % of 1.5 T within 5 % of that over the last 10 % of T).  FID(T/2) is shown,
+not used to decide.
+
+**Prune and continue** (``--arm continue``): what the released code of Jiang et al. 2023 (arXiv
+2310.18823) does: prune the trained weights, keep them (no rewinding, no re-initialisation) and keep
+training T steps, chained over the same sparsities from the seed's dense round 0.  The chain carries
+trained weights, recorded with only their kept values (``weights_r00.safetensors`` for dense, ``weights_continue_r<RR>.safetensors``).
+
+``--aggregate DIR [--out OUT]`` builds ``<name>.md``/``<name>.json`` from the records alone (in DIR by
+default): per sparsity FID/KID mean +- std, FID / dense per seed, seeds won against each control and
+against prune-and-continue, the matching sparsity (:func:`lthdiff.verdict.matching_sparsity`), the
+convergence check and the loss at init (:func:`lthdiff.analysis.loss_at_start`).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import math
+import os
+import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..verdict import aggregate, matching_sparsity, sparsities, summarize, ticket_vs_control
-from .common import markdown_table, write_results
+from . import records as R
+from .common import RECORDED, markdown_table, write_results
 
-# aggregate, matching_sparsity, ... live in lthdiff.verdict (the report uses them too); re-exported here
 __all__ = ["aggregate", "matching_sparsity", "sparsities", "summarize", "ticket_vs_control", "loss_plateau",
-           "converged", "run_seed", "main"]
+           "converged", "plan", "run_network", "aggregate_records", "main"]
 
-DATASET_DEFAULTS = {"digits": {"image_size": 16, "preset": "tiny"},
-                    "mnist5k": {"image_size": 32, "preset": "mnist32"}}
+DATASET_DEFAULTS = {"digits": {"image_size": 16, "preset": "tiny", "extractor": "lthdiff-digits"},
+                    "mnist5k": {"image_size": 32, "preset": "mnist32", "extractor": "lthdiff-mnist"}}
+ARMS = ("ticket", "continue")
+CHECKPOINT_EVERY = 200  # as run_imp, so run directories of either resume each other
 
 
 def loss_plateau(losses: Sequence[float], fraction: float = 0.1) -> dict[str, float]:
@@ -51,167 +78,500 @@ def loss_plateau(losses: Sequence[float], fraction: float = 0.1) -> dict[str, fl
     return {"mid_mean": mid, "late_mean": late, "ratio": late / mid, "window": w, "steps": n}
 
 
-def converged(fid_half: float, fid_full: float, loss_ratio: float, fid_tolerance: float,
+def converged(fid_before: float, fid_after: float, loss_ratio: float, fid_tolerance: float,
               loss_tolerance: float = 0.05) -> bool:
-    """Whether a dense run counts as converged at T: its FID moved by at most ``fid_tolerance``
-    between T/2 and T (the benchmark uses max(dense FID std over seeds, 5 % of FID(T))) and its
-    loss plateaued (late/mid loss ratio of :func:`loss_plateau` within ``loss_tolerance`` of 1)."""
-    return abs(fid_full - fid_half) <= fid_tolerance and abs(1 - loss_ratio) <= loss_tolerance
+    """Whether a dense run counts as converged: its FID moved by at most ``fid_tolerance`` between
+    two lengths (the study: T and 1.5 T, tolerance max(dense FID std over seeds, 5 % of FID(T))) and its
+    loss plateaued (a late/earlier mean-loss ratio within ``loss_tolerance`` of 1)."""
+    return abs(fid_after - fid_before) <= fid_tolerance and abs(1 - loss_ratio) <= loss_tolerance
 
 
-# --------------------------------------------------------------------------- running
-def _config(args: argparse.Namespace, seed: int, run_dir: str):
-    from ..config import Config
-
-    cfg = Config()
-    cfg.data.name, cfg.data.image_size = args.dataset, args.image_size
-    cfg.model.preset = args.preset
-    cfg.train.steps, cfg.train.seed, cfg.train.batch_size = args.steps, seed, args.batch_size
-    cfg.eval.n, cfg.eval.steps, cfg.eval.batch_size = args.n, args.sample_steps, args.sample_batch
-    cfg.eval.feature_extractor = "auto"
-    cfg.output.run_dir = run_dir
-    return cfg
+# --------------------------------------------------------------------------- the plan
+def schedule(settings: dict[str, Any]) -> list[float]:
+    """The sparsity after each round, from the recorded settings."""
+    return [float(s) for s in settings["schedule"]]
 
 
-def _schedule(args: argparse.Namespace) -> list[float]:
+def plan(settings: dict[str, Any], arm: str = "ticket") -> list[tuple[int, str]]:
+    """The networks of one seed, in the order they are trained: ``(round, variant)``.
+
+    Ticket arm: dense (round 0), dense at T/2 and continued to 1.5 T (the convergence check), then per
+    round the ticket and its controls.  Continue arm: ``continue`` at every pruned round.
+    """
+    rounds = range(1, len(schedule(settings)) + 1)
+    if arm == "continue":
+        return [(r, "continue") for r in rounds]
+    if arm != "ticket":
+        raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}")
+    out = [(0, "ticket"), (0, "dense_half"), (0, "dense_continued")]
+    for r in rounds:
+        out += [(r, "ticket")] + [(r, c) for c in settings["controls"]]
+    return out
+
+
+def _done(seed_dir: Path) -> set[tuple[int, str]]:
+    return {(int(row["round"]), row["variant"]) for row in R.read_networks(seed_dir)}
+
+
+# --------------------------------------------------------------------------- one network
+class _Seed:
+    """What every network of one seed needs: settings, dataset, theta_0, folders."""
+
+    def __init__(self, settings: dict[str, Any], seed: int, record_dir: Path, run_dir: Path) -> None:
+        from ..data import load_dataset
+        from ..io import tensors_digest
+        from ..models import unet
+
+        self.settings, self.seed, self.record_dir, self.run_dir = settings, seed, record_dir, run_dir
+        self.ds = load_dataset(settings["dataset"], image_size=settings["image_size"])
+        ch = self.ds[0].shape[0]
+        self.theta0 = unet(settings["preset"], seed=seed, sample_size=settings["image_size"], in_channels=ch,
+                           out_channels=ch)
+        digest = tensors_digest(self.theta0.state_dict())
+        recorded = R.write_settings(record_dir, {**settings, "seed": seed, "init_digest": digest})
+        if recorded["init_digest"] != digest:  # write_settings already compared it; kept for the message
+            raise ValueError(f"theta_0 of seed {seed} differs from the recorded one")
+        self.train_kw = dict(batch_size=settings["batch_size"], lr=settings["lr"], seed=seed, ema=True,
+                             checkpoint_every=CHECKPOINT_EVERY)
+
+    def mask(self, r: int, arm: str = "ticket"):
+        from .. import masks as M
+
+        if r == 0:
+            return M.ones(self.theta0)
+        name = f"mask_r{r:02d}.npz" if arm == "ticket" or r == 1 else f"mask_continue_r{r:02d}.npz"
+        path = self.record_dir / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is not recorded yet: the previous round of seed {self.seed} comes first")
+        return R.load_mask(path)
+
+
+def _ema_from_checkpoint(template: Any, state: dict[str, Any]) -> Any:
+    """The EMA weights held by a training checkpoint of :func:`lthdiff.train.train`."""
+    from diffusers.training_utils import EMAModel
+
+    model = copy.deepcopy(template)
+    model.load_state_dict(state["model"])
+    ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
+    ema.load_state_dict(state["ema"])
+    ema.copy_to(model.parameters())
+    return model
+
+
+def _keep_checkpoint(src: Path, kept: Path) -> None:
+    """Copy the latest checkpoint of ``src`` into ``kept`` (as a resumable checkpoint folder), keeping
+    the ones already there: round 0's checkpoints at T/2 and T outlive the round's own ``ckpt/``."""
+    from ..io import read_json, write_json
+
+    info = read_json(src / "latest.json")
+    kept.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / info["file"], kept / (info["file"] + ".tmp"))
+    os.replace(kept / (info["file"] + ".tmp"), kept / info["file"])
+    write_json(kept / f"{info['file']}.json", {k: info[k] for k in ("step", "file", "sha256")})
+
+
+def _kept(kept: Path, step: int | None = None) -> Path | None:
+    """The kept checkpoint at ``step`` (or the latest), None when there is none."""
+    files = sorted(kept.glob("ckpt-*.pt")) if kept.is_dir() else []
+    if step is not None:
+        files = [f for f in files if int(f.stem.split("-")[1]) == step]
+    return files[-1] if files else None
+
+
+def _resume_folder(ckpt: Path, dst: Path) -> None:
+    """A training checkpoint folder (``latest.json`` + file) that :func:`lthdiff.train.train` resumes."""
+    import hashlib
+
+    from ..io import write_json
+
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ckpt, dst / ckpt.name)
+    digest = hashlib.sha256((dst / ckpt.name).read_bytes()).hexdigest()
+    step = int(ckpt.stem.split("-")[1])
+    entry = {"step": step, "file": ckpt.name, "sha256": digest}
+    write_json(dst / "latest.json", {**entry, "history": [entry]})
+
+
+def _train_dense(s: _Seed, rdir: Path) -> None:
+    """Round 0, stopping at T/2 to keep that checkpoint (resuming equals an uninterrupted run)."""
+    from .. import masks as M
+    from ..runs import write_round
+    from ..train import train
+
+    steps, kept = s.settings["steps"], s.run_dir / "round00_ckpt_kept"
+    mask = M.ones(s.theta0)
+    model = copy.deepcopy(s.theta0)
+    if _kept(kept, steps // 2) is None:
+        train(model, s.ds, steps // 2, checkpoint_dir=rdir / "ckpt", mask=mask, progress=False, **s.train_kw)
+        _keep_checkpoint(rdir / "ckpt", kept)
+    res = train(model, s.ds, steps, checkpoint_dir=rdir / "ckpt", mask=mask, desc="round 0 (dense)", **s.train_kw)
+    _keep_checkpoint(rdir / "ckpt", kept)
+    write_round(rdir, res, mask, 0, extra={"target_sparsity": 0.0})
+
+
+def _network(s: _Seed, r: int, variant: str) -> dict[str, Any]:
+    """Train (or reuse) one network; returns what its record needs besides the scores."""
+    from .. import masks as M
+    from .. import pruners
+    from ..analysis import loss_at_start
+    from ..controls import CONTROLS, RoundContext
+    from ..io import read_json, tensors_digest
+    from ..models import load_model
+    from ..runs import RoundInfo, write_round
+    from ..train import load_checkpoint, train
+
+    steps = s.settings["steps"]
+    extra: dict[str, Any] = {}
+    if variant in ("dense_half", "dense_continued"):
+        kept = s.run_dir / "round00_ckpt_kept"
+        if variant == "dense_half":
+            ck = _kept(kept, steps // 2)
+            if ck is None:
+                raise FileNotFoundError(f"no kept checkpoint at step {steps // 2} in {kept}: train round 0 with this "
+                                        "benchmark (it keeps it) or remove the dense records to retrain it")
+            import torch
+
+            state = torch.load(ck, map_location="cpu", weights_only=False)
+            ema = _ema_from_checkpoint(s.theta0, state)
+            return {"ema": ema, "mask": M.ones(s.theta0), "losses": state["losses"], "steps": state["step"],
+                    "seconds": float("nan"), "start": s.theta0, "extra": {"from_checkpoint": ck.name}}
+        cdir = s.run_dir / "round_00" / "continued"
+        if not (cdir / "summary.json").exists():
+            if load_checkpoint(cdir / "ckpt") is None:
+                ck = _kept(kept)
+                if ck is None:
+                    raise FileNotFoundError(f"no kept round-0 checkpoint in {kept} to continue from")
+                _resume_folder(ck, cdir / "ckpt")
+            res = train(copy.deepcopy(s.theta0), s.ds, steps * 3 // 2, checkpoint_dir=cdir / "ckpt",
+                        mask=M.ones(s.theta0), desc="dense continued to 1.5 T", **s.train_kw)
+            write_round(cdir, res, M.ones(s.theta0), 0, extra={"target_sparsity": 0.0, "variant": variant,
+                                                                "resumed_from": res.resumed_from})
+        info = RoundInfo.from_dir(cdir, variant=variant)
+        return _from_dir(info, s.theta0, M.ones(s.theta0))
+    mask = s.mask(r, "continue" if variant == "continue" else "ticket")
+    rdir = s.run_dir / f"round_{r:02d}"
+    if variant == "ticket":
+        ndir, start = rdir, s.theta0
+    elif variant == "continue":
+        ndir = s.run_dir / "continue" / f"round_{r:02d}"
+        prev = s.record_dir / (f"weights_continue_r{r - 1:02d}.safetensors" if r > 1 else "weights_r00.safetensors")
+        prev_mask = s.mask(r - 1, "continue") if r > 1 else M.ones(s.theta0)
+        start = copy.deepcopy(s.theta0)
+        start.load_state_dict(R.load_kept_weights(prev, s.theta0.state_dict(), prev_mask))
+    else:
+        ndir = rdir / "controls" / variant
+        ctx = RoundContext(round=r, target=M.sparsity(mask), mask=mask, trained=s.theta0, template=s.theta0,
+                           seed=s.seed, run_dir=s.run_dir, rewind_dir=s.run_dir / "rewind", rewind_step=0,
+                           prune=None)  # type: ignore[arg-type]  # random_reinit needs neither
+        start, cmask = CONTROLS[variant].start_and_mask(ctx)
+        if tensors_digest(cmask) != tensors_digest(mask):
+            raise ValueError(f"control {variant!r} trains another mask than the ticket's; only mask-keeping "
+                             "controls (random_reinit) are recorded by this benchmark")
+    if (ndir / "summary.json").exists():
+        found = RoundInfo.from_dir(ndir).load_mask()
+        if tensors_digest(found) != tensors_digest(mask) or read_json(ndir / "summary.json")["steps"] != steps:
+            raise ValueError(f"{ndir} holds another network (mask or steps differ from the records); move it away")
+    elif r == 0:
+        _train_dense(s, ndir)
+    else:
+        res = train(copy.deepcopy(start), s.ds, steps, checkpoint_dir=ndir / "ckpt", mask=mask,
+                    desc=f"seed {s.seed} round {r} {variant}", **s.train_kw)
+        write_round(ndir, res, mask, r, extra={"target_sparsity": M.sparsity(mask), "variant": variant})
+    info = RoundInfo.from_dir(ndir, variant=variant)
+    out = _from_dir(info, start, mask)
+    out["loss_at_init"] = loss_at_start(start, s.ds, mask, seed=0)
+    trained = None
+    if variant == "ticket" and r < len(schedule(s.settings)):  # the next round's ticket mask
+        trained = info.load_model(ema=False)
+        nxt = pruners.magnitude(trained, schedule(s.settings)[r], scope="global", mask=mask)
+        R.save_mask(s.record_dir / f"mask_r{r + 1:02d}.npz", nxt)
+        out["extra"]["next_mask"] = f"mask_r{r + 1:02d}.npz"
+    last = r == len(schedule(s.settings))
+    if (variant == "continue" and not last) or (variant == "ticket" and r == 0):
+        # The prune-and-continue chain starts from trained weights, so they are recorded (kept values only).
+        trained = trained or info.load_model(ema=False)
+        wpath = s.record_dir / (f"weights_continue_r{r:02d}.safetensors" if r else "weights_r00.safetensors")
+        if not wpath.exists():
+            R.save_kept_weights(wpath, trained.state_dict(), mask)
+        if variant == "continue":
+            nxt = pruners.magnitude(trained, schedule(s.settings)[r], scope="global", mask=mask)
+            R.save_mask(s.record_dir / f"mask_continue_r{r + 1:02d}.npz", nxt)
+    return out
+
+
+def _from_dir(info: Any, start: Any, mask: Any) -> dict[str, Any]:
+    from ..runs import read_losses
+
+    return {"ema": info.load_model(ema=True), "mask": mask, "losses": read_losses(info), "steps": info.summary["steps"],
+            "seconds": info.seconds, "start": start, "extra": {}}
+
+
+def _score(s: _Seed, ema: Any) -> dict[str, float]:
+    """FID/KID of the network's EMA samples against the train split and against the test split."""
+    from ..metrics import evaluate
+    from ..sampling import sample
+
+    st = s.settings
+    images = sample(ema, st["n"], sampler="ddim", steps=st["sample_steps"], seed=s.seed, batch_size=500,
+                    progress=False)
+    out = {}
+    for split, suffix in (("train", ""), ("test", "_test")):
+        res = evaluate(images, st["dataset"], image_size=st["image_size"], feature_extractor=st["extractor"],
+                       split=split, metrics=("fid", "kid"), seed=s.seed, progress=False)
+        out.update({f"fid{suffix}": res.metrics["fid"], f"kid{suffix}": res.metrics["kid"]})
+    return out
+
+
+def _loss_means(losses: Sequence[float], every: int = 100) -> list[float]:
+    return [statistics.mean(losses[i:i + every]) for i in range(0, len(losses), every)]
+
+
+def run_network(s: _Seed, r: int, variant: str) -> dict[str, Any]:
+    """Train (or reuse), score and record one network of one seed; returns its row."""
+    import torch
+
+    from .. import masks as M
+    from ..analysis import loss_at_start
+    from ..runs import final_loss
+
+    t0 = time.perf_counter()
+    net = _network(s, r, variant)
+    trained_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    scores = _score(s, net["ema"])
+    losses = list(net["losses"])
+    row = {"seed": s.seed, "round": r, "variant": variant, "sparsity": M.sparsity(net["mask"]), **scores,
+           "final_loss": final_loss(losses),
+           "loss_at_init": net.get("loss_at_init", loss_at_start(net["start"], s.ds, net["mask"], seed=0)),
+           "steps": int(net["steps"]), "loss_per_100_steps": _loss_means(losses),
+           "train_seconds": net["seconds"], "eval_seconds": time.perf_counter() - t1,
+           "wall_seconds_this_piece": trained_s + time.perf_counter() - t1,
+           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.machine()})",
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "commit": R.code_commit(),
+           **net["extra"]}
+    R.write_network(s.record_dir, row)
+    return row
+
+
+# --------------------------------------------------------------------------- aggregate
+def aggregate_records(study_dir: str | Path) -> dict[str, Any]:
+    """The study's summary from its records alone (see the module doc); refuses mixed settings."""
+    study_dir = Path(study_dir)
+    dirs = R.seed_dirs(study_dir)
+    settings = [R.read_settings(d) for d in dirs]
+    common = R.check_same_settings(settings)
+    rows = [row for d in dirs for row in R.read_networks(d)]
+    chain = [x for x in rows if x["variant"] in ("ticket", *common["controls"])]
+    if not any(x["round"] == 0 and x["variant"] == "ticket" for x in chain):
+        raise ValueError(f"{study_dir} holds no dense (round 0) record yet; nothing to compare with")
+    controls = list(common["controls"]) + (["continue"] if any(x["variant"] == "continue" for x in rows) else [])
+    s = summarize([x for x in rows if x["variant"] in ("ticket", *controls)], controls)
+    s["matching_test_kid"] = matching_sparsity([x for x in chain if "kid_test" in x], "kid_test")
+    dense_std = s["matching"]["dense_std"]
+    conv = []
+    for d, st in zip(dirs, settings):
+        by = {(x["round"], x["variant"]): x for x in R.read_networks(d)}
+        dense, half, cont = by.get((0, "ticket")), by.get((0, "dense_half")), by.get((0, "dense_continued"))
+        if dense is None:
+            continue
+        c = {"seed": st["seed"], "steps": dense["steps"], "fid_T": dense["fid"], "kid_test_T": dense.get("kid_test"),
+             "fid_half": half["fid"] if half else None, "fid_1.5T": cont["fid"] if cont else None,
+             "kid_test_1.5T": cont.get("kid_test") if cont else None}
+        if cont:
+            w = max(1, len(cont["loss_per_100_steps"]) // 10)  # 100-step means: a 10 % window of 1.5 T ...
+            wt = max(1, len(dense["loss_per_100_steps"]) // 10)  # ... and of T
+            late = statistics.mean(cont["loss_per_100_steps"][-w:])
+            at_t = statistics.mean(dense["loss_per_100_steps"][-wt:])
+            c.update({"loss_last10_T": at_t, "loss_last10_1.5T": late, "loss_ratio": late / at_t,
+                      "fid_tolerance": max(dense_std, 0.05 * dense["fid"])})
+            c["converged"] = converged(dense["fid"], cont["fid"], c["loss_ratio"], c["fid_tolerance"])
+        conv.append(c)
+    init = {}
+    for x in (x for x in rows if x["variant"] in ("ticket", *controls)):
+        key = (round(x["sparsity"], 3), "dense" if x["round"] == 0 else x["variant"])
+        init.setdefault(key, []).append(x["loss_at_init"])
+    init_rows = [{"sparsity": k[0], "variant": k[1], "loss_at_init_mean": statistics.mean(v),
+                  "loss_at_init_std": statistics.stdev(v) if len(v) > 1 else 0.0, "seeds": len(v)}
+                 for k, v in sorted(init.items())]
+    test = aggregate([x for x in rows if x["variant"] in ("ticket", *controls) and "kid_test" in x], "kid_test")
+    expected = {st["seed"]: len(plan(st)) for st in settings}
+    progress = {st["seed"]: sum(1 for x in R.read_networks(d) if x["variant"] != "continue")
+                for d, st in zip(dirs, settings)}
+    return {"settings": common, "seeds": [st["seed"] for st in settings], "rows": rows, **s, "convergence": conv,
+            "loss_at_init": init_rows, "kid_test_table": test, "networks_recorded": progress,
+            "networks_planned": expected, "complete": all(progress[k] >= expected[k] for k in expected)}
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    return f"{x:.{digits}g}" if isinstance(x, (int, float)) and math.isfinite(x) else "—"
+
+
+def markdown(name: str, agg: dict[str, Any]) -> str:
+    """The aggregate as the Markdown page ``<name>.md``."""
+    st = agg["settings"]
+    sched = ", ".join(f"{x:.1%}" for x in st["schedule"])
+    lines = []
+    kid_by = {(r["sparsity"], r["variant"]): r for r in agg["kid_test_table"]}
+    for r in agg["table"]:
+        k = kid_by.get((r["sparsity"], r["variant"]), {})
+        line = {"sparsity": f"{r['sparsity']:.1%}", "weights left": f"{1 - r['sparsity']:.1%}", "variant": r["variant"],
+                "seeds": r["seeds"], "FID (train)": f"{_fmt(r['fid_mean'])} ± {_fmt(r['fid_std'], 2)}",
+                "FID / dense": f"{_fmt(r['ratio_to_dense_mean'])} ± {_fmt(r['ratio_to_dense_std'], 2)}",
+                "per seed": ", ".join(_fmt(v) for v in r["ratio_to_dense_per_seed"].values()),
+                "KID (test)": f"{_fmt(k.get('kid_test_mean'))} ± {_fmt(k.get('kid_test_std'), 2)}"}
+        if r["variant"] == "ticket" and r["sparsity"] > 0:
+            for c, vs in agg["versus"].items():
+                v = next((x for x in vs if math.isclose(x["sparsity"], r["sparsity"], abs_tol=5e-4)), None)
+                line[f"won vs {c}"] = f"{v['ticket_wins']}/{v['seeds']}" if v and v["seeds"] else "—"
+        lines.append(line)
+    m = agg["matching"]
+    miss = f" (first miss at {m['first_miss']:.1%})" if m["first_miss"] is not None else " (every recorded sparsity matches)"
+    conv_rows = [{"seed": c["seed"], "FID @ T/2": _fmt(c["fid_half"]), f"FID @ T={c['steps']}": _fmt(c["fid_T"]),
+                  "FID @ 1.5T": _fmt(c["fid_1.5T"]), "tolerance": _fmt(c.get("fid_tolerance")),
+                  "loss last 10 % (T)": _fmt(c.get("loss_last10_T"), 4),
+                  "loss last 10 % (1.5T)": _fmt(c.get("loss_last10_1.5T"), 4),
+                  "KID test @ T": _fmt(c["kid_test_T"]), "KID test @ 1.5T": _fmt(c.get("kid_test_1.5T")),
+                  "converged": c.get("converged", "not yet run")} for c in agg["convergence"]]
+    init_rows = [{"sparsity": f"{r['sparsity']:.1%}", "variant": r["variant"],
+                  "loss at init": f"{_fmt(r['loss_at_init_mean'])} ± {_fmt(r['loss_at_init_std'], 2)}",
+                  "seeds": r["seeds"]} for r in agg["loss_at_init"]]
+    rec = ", ".join(f"seed {k}: {agg['networks_recorded'][k]}/{v}" for k, v in agg["networks_planned"].items())
+    return (f"# {name}: ticket quality vs sparsity ({st['dataset']} {st['image_size']} px, {st['preset']} UNet)\n\n"
+            + ("" if agg["complete"] else f"**Partial: networks recorded {rec}** (the study continues; numbers "
+               "below are over the seeds recorded so far).\n\n")
+            + f"Seeds {agg['seeds']}; sparsities {sched}; every network trained {st['steps']} steps (batch "
+            f"{st['batch_size']}, lr {st['lr']}, constant), rewind `{st['rewind']}`; FID/KID from {st['n']} "
+            f"DDIM-{st['sample_steps']} samples (EMA weights, sampling seed = training seed), extractor "
+            f"`{st['extractor']}`, FID against the training split, KID also against the held-out test split. "
+            "Mean ± std over seeds; FID / dense is per seed; a seed is won when the ticket's FID is lower.\n\n"
+            + markdown_table(lines, list(dict.fromkeys(k for line in lines for k in line)))
+            + f"\n**Matching sparsity** (ticket mean FID <= dense {_fmt(m['dense_mean'])} + 1 std "
+            f"{_fmt(m['dense_std'], 2)} = {_fmt(m['bound'])} there and at every lower sparsity): "
+            f"**{m['sparsity']:.1%}**{miss}.\n\n"
+            "## Converged?\n\nDense at T/2 and T, and continued from its final checkpoint (optimizer state "
+            "included) to 1.5 T. Converged: |FID(1.5T) - FID(T)| <= max(dense FID std over seeds, 5 % of "
+            "FID(T)) and the mean loss over the last 10 % of 1.5 T within 5 % of that over the last 10 % of T.\n\n"
+            + markdown_table(conv_rows)
+            + "\n## Loss at init\n\nThe diffusion loss of each network's starting weights (theta_0 * m for a "
+            "ticket, the fresh init * m for random reinit) on one fixed batch of 256 training images, noise and "
+            "timesteps, before any training (predicting zero noise scores about 1).\n\n" + markdown_table(init_rows))
+
+
+# --------------------------------------------------------------------------- CLI
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
     from ..imp import sparsity_schedule
 
-    return list(args.sparsities) if args.sparsities else sparsity_schedule(args.rounds, args.prune_per_round)
+    sched = list(args.sparsities) if args.sparsities else sparsity_schedule(args.rounds, args.prune_per_round)
+    return {"dataset": args.dataset, "image_size": args.image_size, "preset": args.preset, "steps": args.steps,
+            "batch_size": args.batch_size, "lr": args.lr, "schedule": sched, "rewind": "init",
+            "controls": list(args.controls), "n": args.n, "sample_steps": args.sample_steps,
+            "extractor": args.extractor}
 
 
-def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    """IMP + controls + evaluation for one seed, and the T/2 convergence run; rows and convergence."""
-    from ..data import load_dataset
-    from ..imp import IMPResult, run_imp
-    from ..io import read_json
-    from ..models import unet
-    from ..pipeline import evaluate_run
-
-    sched = _schedule(args)
-    run_dir = str(Path(args.run_root) / f"seed_{seed}")
-    half_dir = str(Path(args.run_root) / f"seed_{seed}_half")
-    cfg = _config(args, seed, run_dir)
-    ds = load_dataset(args.dataset, image_size=args.image_size)
-    channels = ds[0].shape[0]
-    common = dict(seed=seed, batch_size=args.batch_size, lr=args.lr, progress=not args.quiet)
-    run_imp(unet(args.preset, seed=seed, sample_size=args.image_size, in_channels=channels, out_channels=channels),
-            ds, rounds=len(sched), sparsity_schedule=sched, steps_per_round=args.steps, run_dir=run_dir,
-            controls=tuple(args.controls), rewind=args.rewind, **common)
-    rows = [{**r, "seed": seed} for r in evaluate_run(run_dir, cfg, progress=not args.quiet)]
-    # Convergence: the same dense training stopped at T/2 (same seed, constant LR: round 0's state at T/2).
-    half = args.steps // 2
-    run_imp(unet(args.preset, seed=seed, sample_size=args.image_size, in_channels=channels, out_channels=channels),
-            ds, rounds=0, steps_per_round=half, run_dir=half_dir, controls=(), rewind=args.rewind, **common)
-    half_row = evaluate_run(half_dir, _config(args, seed, half_dir), progress=not args.quiet)[0]
-    full_losses = read_json(IMPResult.load(run_dir).rounds[0].dir / "losses.json")
-    half_losses = read_json(IMPResult.load(half_dir).rounds[0].dir / "losses.json")
-    dense_row = next(r for r in rows if r["round"] == 0)
-    conv = {"seed": seed, "half_steps": half, "steps": args.steps, "fid_half": half_row["fid"],
-            "fid_full": dense_row["fid"], "kid_half": half_row.get("kid"), "kid_full": dense_row.get("kid"),
-            "half_run_matches_first_half": half_losses == full_losses[:half],
-            **{f"loss_{k}": v for k, v in loss_plateau(full_losses).items()}}
-    return {"rows": rows, "convergence": conv}
+def _default_run_root(name: str) -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lthdiff" / name
 
 
-def _markdown(args: argparse.Namespace, rows: list[dict[str, Any]], s: dict[str, Any],
-              conv: list[dict[str, Any]]) -> str:
-    seeds = sorted({r["seed"] for r in rows})
-    table = []
-    for r in s["table"]:
-        line = {"sparsity": f"{r['sparsity']:.1%}", "variant": r["variant"],
-                "FID": f"{r['fid_mean']:.3g} ± {r['fid_std']:.2g}",
-                "KID": f"{r.get('kid_mean', float('nan')):.3g} ± {r.get('kid_std', float('nan')):.2g}",
-                "FID / dense": f"{r['ratio_to_dense_mean']:.3g} ± {r['ratio_to_dense_std']:.2g}"}
-        if r["variant"] == "ticket":
-            line["FID / dense per seed"] = ", ".join(f"{x:.3g}" for x in r["ratio_to_dense_per_seed"].values())
-            for c, vs in s["versus"].items():
-                v = next(x for x in vs if math.isclose(x["sparsity"], r["sparsity"], abs_tol=5e-4))
-                line[f"wins vs {c}"] = f"{v['ticket_wins']}/{v['seeds']}"
-                if c == "random_reinit":
-                    line["ticket / reinit per seed"] = ", ".join(f"{x:.3g}" for x in v["ratio_per_seed"].values())
-        table.append(line)
-    m = s["matching"]
-    ctrl = "; ".join(f"{c}: {v['sparsity']:.1%}" for c, v in s["matching_controls"].items())
-    conv_rows = [{"seed": c["seed"], f"FID @ {c['half_steps']}": c["fid_half"], f"FID @ {c['steps']}": c["fid_full"],
-                  "loss mid 10%": c["loss_mid_mean"], "loss last 10%": c["loss_late_mean"],
-                  "late / mid": c["loss_ratio"], "T/2 run = first half": c["half_run_matches_first_half"],
-                  "converged": c.get("converged")}
-                 for c in conv]
-    sched = ", ".join(f"{x:.1%}" for x in _schedule(args))
-    return (f"# Ticket quality vs sparsity ({args.dataset} {args.image_size}px, {args.preset} UNet)\n\n"
-            f"Seeds {seeds}; sparsities {sched}; every network trained {args.steps} steps (batch "
-            f"{args.batch_size}, lr {args.lr}, constant), rewind `{args.rewind}`; FID/KID from {args.n} "
-            f"DDIM-{args.sample_steps} samples (EMA weights, sampling seed = training seed) vs the "
-            f"{args.dataset} training set, extractor `{rows[0].get('extractor', '?')}`. Mean ± std over "
-            "seeds; ratios per seed; a seed is won when the ticket's FID is lower than the control's.\n\n"
-            + markdown_table(table, list(dict.fromkeys(k for line in table for k in line)))  # ticket rows add columns
-            + f"\n**Matching sparsity** (ticket mean FID <= dense {m['dense_mean']:.3g} + 1 std "
-            f"{m['dense_std']:.2g} = {m['bound']:.3g} there and at every lower sparsity): "
-            f"**{m['sparsity']:.1%}**" + (f" (first miss at {m['first_miss']:.1%})" if m["first_miss"] else
-                                           " (every sparsity run matches)")
-            + f". Controls: {ctrl or 'none'}.\n\n## Converged?\n\nDense FID at T/2 (a separate run of "
-            "T/2 steps, same seed; deterministic, constant LR, so it is round 0's state at T/2) vs T, and "
-            "the loss plateau (mean loss over the last 10 % of steps vs the 10 % before T/2). Converged: |FID(T) - "
-            "FID(T/2)| <= max(dense FID std over seeds, 5 % of FID(T)) and late/mid loss within 5 % of 1.\n\n"
-            + markdown_table(conv_rows))
+def _run_seed(args: argparse.Namespace, seed: int, budget: list[int]) -> int:
+    import torch
+
+    settings = _settings(args)
+    record_dir = Path(args.records) / args.name / f"seed_{seed}"
+    run_dir = Path(args.run_root) / f"seed_{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / "lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        pid = lock.read_text().strip()
+        if pid.isdigit() and Path(f"/proc/{pid}").exists():
+            print(f"seed {seed}: {run_dir} is in use by process {pid}; skipped", file=sys.stderr)
+            return 0
+        lock.unlink(missing_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    try:
+        torch.set_num_threads(args.threads)
+        s = _Seed(settings, seed, record_dir, run_dir)
+        arms = ["ticket"] + (["continue"] if args.with_continue else [])
+        done_now = 0
+        for arm in arms:
+            for r, variant in plan(settings, arm):
+                if (r, variant) in _done(record_dir):
+                    continue
+                if budget[0] == 0:
+                    return done_now
+                t0 = time.perf_counter()
+                row = run_network(s, r, variant)
+                budget[0] -= 1
+                done_now += 1
+                print(f"seed {seed} round {r} {variant} ({row['sparsity']:.1%}): FID {row['fid']:.4g}, KID(test) "
+                      f"{row['kid_test']:.4g}, loss at init {row['loss_at_init']:.3f}, {time.perf_counter() - t0:.0f} s "
+                      f"-> {record_dir}", flush=True)
+        return done_now
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m lthdiff.bench quality", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--name", default="quality_digits_converged", help="the study: records go to RECORDS/NAME/")
     ap.add_argument("--dataset", default="digits", choices=sorted(DATASET_DEFAULTS))
     ap.add_argument("--image-size", type=int, default=None, help="default: 16 for digits, 32 for mnist5k")
     ap.add_argument("--preset", default=None, help="UNet preset; default: tiny for digits, mnist32 for mnist5k")
+    ap.add_argument("--extractor", default=None, help="FID features; default: the dataset's offline extractor")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--prune-per-round", type=float, default=0.5, help="fraction of surviving weights per round")
-    ap.add_argument("--rounds", type=int, default=4, help="pruning rounds (with --prune-per-round)")
+    ap.add_argument("--rounds", type=int, default=5, help="pruning rounds (with --prune-per-round)")
     ap.add_argument("--sparsities", type=float, nargs="+", default=None,
                     help="explicit sparsity after each round (instead of --prune-per-round/--rounds)")
-    # Defaults sized for 2 CPU cores: the quickstart's training. On a GPU: --steps 2000 --sample-steps 50.
-    ap.add_argument("--steps", type=int, default=300, help="training steps of every network (T)")
+    ap.add_argument("--steps", type=int, default=4000, help="training steps of every network (T)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--rewind", default="init")
-    ap.add_argument("--controls", nargs="*", default=["random_reinit"])
+    ap.add_argument("--controls", nargs="*", default=["random_reinit"], choices=["random_reinit"])
+    ap.add_argument("--continue-arm", dest="with_continue", action="store_true",
+                    help="after the ticket chain, the prune-and-continue arm (Jiang et al.'s released code)")
     ap.add_argument("--n", type=int, default=2000, help="samples per network for FID/KID")
     ap.add_argument("--sample-steps", type=int, default=10, help="DDIM steps")
-    ap.add_argument("--sample-batch", type=int, default=1000)
-    ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
-    ap.add_argument("--run-root", default=None, help="IMP runs (default runs/bench_quality_<dataset>)")
-    ap.add_argument("--out", default="bench_results")
-    ap.add_argument("--name", default="quality")
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--max-networks", type=int, default=-1, help="stop after this many networks (-1: all)")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes side by side")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--records", default=str(RECORDED), help="where studies are recorded (default: the package's "
+                    "lthdiff/bench/results)")
+    ap.add_argument("--run-root", default=None, help="run directories (default: $XDG_CACHE_HOME/lthdiff/NAME)")
+    ap.add_argument("--aggregate", metavar="DIR", default=None, help="build NAME.md/.json from the records in DIR")
+    ap.add_argument("--out", default=None, help="with --aggregate: where to write (default: DIR)")
     args = ap.parse_args(argv)
-    d = DATASET_DEFAULTS[args.dataset]
-    args.image_size = args.image_size or d["image_size"]
-    args.preset = args.preset or d["preset"]
-    args.run_root = args.run_root or f"runs/bench_quality_{args.dataset}"
+    if args.aggregate is not None:
+        d = Path(args.aggregate)
+        if not d.is_dir():
+            ap.error(f"--aggregate {d}: no such folder (a study folder holds seed_<N>/ records)")
+        agg = aggregate_records(d)
+        md = markdown(d.name, agg)
+        write_results(args.out or d, d.name, agg, md)
+        print(md)
+        return 0
+    defaults = DATASET_DEFAULTS[args.dataset]
+    args.image_size = args.image_size or defaults["image_size"]
+    args.preset = args.preset or defaults["preset"]
+    args.extractor = args.extractor or defaults["extractor"]
+    args.run_root = args.run_root or str(_default_run_root(args.name))
     if not 0 < args.prune_per_round < 1:
         ap.error(f"--prune-per-round must be in (0, 1), got {args.prune_per_round}")
-    if args.rounds < 1 or args.steps < 20 or args.n < 2:
-        ap.error(f"--rounds >= 1, --steps >= 20 (10 % windows before T/2) and --n >= 2 needed; "
-                 f"got {args.rounds}, {args.steps}, {args.n}")
-
+    if args.rounds < 1 or args.steps < 20 or args.n < 2 or args.jobs < 1 or args.threads < 1:
+        ap.error(f"--rounds >= 1, --steps >= 20, --n >= 2, --jobs >= 1 and --threads >= 1 needed; got {args.rounds}, "
+                 f"{args.steps}, {args.n}, {args.jobs}, {args.threads}")
     if args.jobs > 1 and len(args.seeds) > 1:
-        procs = []
-        for seed in args.seeds:
-            cmd = [sys.executable, "-m", "lthdiff.bench", "quality", *_without(argv, "--seeds", "--jobs"),
-                   "--seeds", str(seed), "--jobs", "1", "--quiet", "--name", f"{args.name}_seed{seed}"]
-            procs.append(subprocess.Popen(cmd))
-        if any(p.wait() for p in procs):
-            print("a seed process failed", file=sys.stderr)
-            return 1
-    rows, conv = [], []
-    for seed in args.seeds:  # cached runs and metrics make this cheap after --jobs
-        res = run_seed(args, seed)
-        rows += res["rows"]
-        conv.append(res["convergence"])
-    s = summarize(rows, args.controls)
-    for c in conv:
-        c["fid_tolerance"] = max(s["matching"]["dense_std"], 0.05 * c["fid_full"])
-        c["converged"] = converged(c["fid_half"], c["fid_full"], c["loss_ratio"], c["fid_tolerance"])
-    md = _markdown(args, rows, s, conv)
-    write_results(args.out, args.name, {"args": vars(args), "rows": rows, **s, "convergence": conv}, md)
-    print(md)
+        groups = [args.seeds[i::args.jobs] for i in range(min(args.jobs, len(args.seeds)))]
+        procs = [subprocess.Popen([sys.executable, "-m", "lthdiff.bench", "quality", *_without(argv, "--seeds", "--jobs"),
+                                   "--seeds", *map(str, g), "--jobs", "1"]) for g in groups]
+        return 1 if any(p.wait() for p in procs) else 0
+    budget = [args.max_networks]
+    for seed in args.seeds:
+        _run_seed(args, seed, budget)
+        if budget[0] == 0:
+            break
     return 0
 
 
