@@ -15,7 +15,7 @@ each, its row goes to ``<records>/<name>/seed_<N>/r<RR>_<variant>.json`` and, fo
 the next round's mask to ``mask_r<RR>.npz`` (:mod:`lthdiff.bench.records`).  theta_0 comes from the
 seed and is checked against the recorded digest, so a machine holding only the repository continues
 with the next undone network; run directories (resume *inside* a network) go to ``--run-root``,
-default ``$XDG_CACHE_HOME/lthdiff/<name>`` (``~/.cache/lthdiff/<name>``).  ``--max-networks K`` stops
+default ``$XDG_CACHE_HOME/lthdiff/<name>`` (``~/.cache/lthdiff/<name>``).  ``--arms ticket continue`` chooses the arms; ``--max-networks K`` stops
 after K networks; ``--jobs J`` runs the seeds in J processes side by side.
 
 **Converged?**  Per seed the dense model is also scored at T/2 (``dense_half``) and continued from
@@ -25,7 +25,7 @@ deterministic with a constant LR, so this equals one run of 1.5 T).  Converged w
 loss over the last 10 % of 1.5 T within 5 % of that over the last 10 % of T).  FID(T/2) is shown,
 not used to decide.
 
-**Prune and continue** (``--arm continue``): what the released code of Jiang et al. 2023 (arXiv
+**Prune and continue** (``--arms continue``): what the released code of Jiang et al. 2023 (arXiv
 2310.18823) does: prune the trained weights, keep them (no rewinding, no re-initialisation) and keep
 training T steps, chained over the same sparsities from the seed's dense round 0.  The chain carries
 trained weights, recorded with only their kept values (``weights_r00.safetensors`` for dense, ``weights_continue_r<RR>.safetensors``).
@@ -494,9 +494,8 @@ def _run_seed(args: argparse.Namespace, seed: int, budget: list[int]) -> int:
     try:
         torch.set_num_threads(args.threads)
         s = _Seed(settings, seed, record_dir, run_dir)
-        arms = ["ticket"] + (["continue"] if args.with_continue else [])
         done_now = 0
-        for arm in arms:
+        for arm in args.arms:
             for r, variant in plan(settings, arm):
                 if (r, variant) in _done(record_dir):
                     continue
@@ -530,8 +529,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--controls", nargs="*", default=["random_reinit"], choices=["random_reinit"])
-    ap.add_argument("--continue-arm", dest="with_continue", action="store_true",
-                    help="after the ticket chain, the prune-and-continue arm (Jiang et al.'s released code)")
+    ap.add_argument("--arms", nargs="+", default=["ticket"], choices=ARMS,
+                    help="ticket: IMP with rewinding and the controls; continue: prune and keep training "
+                         "(Jiang et al.'s released code), from the seed's recorded dense weights")
     ap.add_argument("--n", type=int, default=2000, help="samples per network for FID/KID")
     ap.add_argument("--sample-steps", type=int, default=10, help="DDIM steps")
     ap.add_argument("--max-networks", type=int, default=-1, help="stop after this many networks (-1: all)")
