@@ -31,7 +31,7 @@ from .runs import IMPResult
 from .runtime import positive_int
 from .tasks import check_pair
 
-__all__ = ["loss_at_start", "supermask_losses", "evaluate_accuracy", "imp_accuracy", "allocation_block_sparsity", "with_dense_rows", "load_runs", "chance_jaccard", "mask_similarity", "similarity_table", "sparsity_table", "cka",
+__all__ = ["supermask_losses", "evaluate_accuracy", "imp_accuracy", "allocation_block_sparsity", "with_dense_rows", "load_runs", "chance_jaccard", "mask_similarity", "similarity_table", "sparsity_table", "cka",
            "weight_cka", "cka_table", "pivot", "heatmap"]
 
 Mask = Mapping[str, torch.Tensor]
@@ -51,35 +51,9 @@ def load_runs(runs: Sequence[Any]) -> list[IMPResult]:
 
 
 @torch.no_grad()
-def loss_at_start(model: nn.Module, dataset: Dataset, mask: Mask | None = None, *, n: int = 256, seed: int = 0,
-                  task: Any = "diffusion") -> float:
-    """The training loss of ``model`` (times ``mask``, if given) before any training, on a fixed batch.
-
-    The batch is ``n`` training images drawn by ``seed`` (without replacement), with the noise and
-    timesteps of :meth:`lthdiff.tasks.DiffusionTask.loss` drawn from ``torch.Generator().manual_seed(seed)``,
-    so every network of a study is scored on the very same noised batch (Ho et al. 2020, Eq. 14,
-    L_simple; unitless MSE on the noise).  A ticket's start is theta_0 * m: when it scores far
-    below theta_0 alone, the mask by itself carries information (the "supermask" effect of Zhou et
-    al. 2019, "Deconstructing Lottery Tickets", Sec. 5).  ``model`` is not modified.
-    """
-    from .tasks import resolve_task
-
-    n = positive_int(n, "n")
-    task_obj = resolve_task(task)
-    net = copy.deepcopy(model).cpu().eval()
-    if mask is not None:
-        M.apply(net, mask)
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(dataset), generator=gen)[: min(n, len(dataset))]
-    batch = torch.stack([dataset[int(i)] if not isinstance(dataset[int(i)], (tuple, list)) else dataset[int(i)][0]
-                         for i in idx])
-    with torch.no_grad():
-        return float(task_obj.loss(net, batch, torch.Generator().manual_seed(seed)))
-
-
 def supermask_losses(theta0: nn.Module, mask: Mask, dataset: Dataset, *, fresh_seed: int = 1, n: int = 256,
                      seed: int = 0) -> dict[str, float]:
-    """Loss at start (:func:`loss_at_start`, one fixed batch) of theta_0, theta_0 * m, a fresh init * m,
+    """Loss at start (:func:`lthdiff.train.loss_at_start`, one fixed batch) of theta_0, theta_0 * m, a fresh init * m,
     and of predicting zero noise (loss = E[eps^2], about 1): how much a mask knows before training.
 
     Zhou et al. 2019 ("Deconstructing Lottery Tickets: Zeros, Signs, and the Supermask", Sec. 5) find
@@ -88,6 +62,7 @@ def supermask_losses(theta0: nn.Module, mask: Mask, dataset: Dataset, *, fresh_s
     (``fresh_seed``, the random-reinit control's start).
     """
     from .controls import reinit
+    from .train import loss_at_start
 
     zero = copy.deepcopy(theta0)
     with torch.no_grad():

@@ -203,6 +203,12 @@ def run_imp(
         return pruners.magnitude(model, target, scope="layer" if ls is not None else scope, mask=base,
                                  layer_sparsity=ls, pattern=pattern)
 
+    def start_loss(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> float:
+        # Before training: a ticket's theta_0 * m already denoising is the supermask effect (Zhou et al. 2019).
+        from .train import loss_at_start
+
+        return loss_at_start(model, dataset, mask, task=task_obj)
+
     bar = progress_bar(total=rounds + 1, desc="IMP rounds", disable=not progress)
     for r in range(rounds + 1):
         rdir = run_dir / f"round_{r:02d}"
@@ -214,6 +220,7 @@ def run_imp(
             mask = M.ones(unet, include=include, exclude=exclude)
             if not (rdir / "summary.json").exists():
                 model = with_state(unet, init_state)
+                at_init = start_loss(model, mask)
                 if rewind_step and not rewind_dir.exists():
                     # Late rewinding: stop at step K and save theta_K (atomically) before training
                     # goes past K, so a run killed at any later step resumes without K again.
@@ -224,7 +231,7 @@ def run_imp(
                             desc="round 0 (dense)", **train_kw)
                 if rewind_step == 0 and not rewind_dir.exists():
                     _on_main(save_model, with_state(unet, init_state), rewind_dir)
-                _on_main(write_round, rdir, res, mask, r, extra={"target_sparsity": 0.0})
+                _on_main(write_round, rdir, res, mask, r, extra={"target_sparsity": 0.0, "loss_at_init": at_init})
         else:
             prev = RoundInfo.from_dir(run_dir / f"round_{r - 1:02d}")
             trained = prev.load_model(ema=False)
@@ -233,9 +240,11 @@ def run_imp(
             steps = steps_per_round - (rewind_step or 0)
             if not (rdir / "summary.json").exists():
                 start = trained if rewind_step is None else load_model(rewind_dir)
+                at_init = start_loss(start, mask)
                 res = train(start, dataset, steps, checkpoint_dir=rdir / "ckpt", mask=mask,
                             desc=f"round {r} ticket ({target:.1%})", **train_kw)
-                _on_main(write_round, rdir, res, mask, r, extra={"target_sparsity": target, "rewind": rewind})
+                _on_main(write_round, rdir, res, mask, r, extra={"target_sparsity": target, "rewind": rewind,
+                                                                 "loss_at_init": at_init})
             ctx = RoundContext(round=r, target=target, mask=mask, trained=trained, template=unet, seed=seed,
                                run_dir=run_dir, rewind_dir=rewind_dir, rewind_step=rewind_step, prune=prune,
                                include=include, exclude=exclude)
@@ -248,9 +257,11 @@ def run_imp(
                     _on_main(copy_network, rdir, cdir, {"variant": name, "same_as": "ticket"})
                     continue
                 start, cmask = plan
+                at_init = start_loss(start, cmask)
                 res = train(start, dataset, steps, checkpoint_dir=cdir / "ckpt", mask=cmask,
                             desc=f"round {r} {name}", **train_kw)
-                _on_main(write_round, cdir, res, cmask, r, extra={"target_sparsity": target, "variant": name})
+                _on_main(write_round, cdir, res, cmask, r, extra={"target_sparsity": target, "variant": name,
+                                                                 "loss_at_init": at_init})
         info = RoundInfo.from_dir(rdir)
         from .tb import log_round as log_tb_round
 

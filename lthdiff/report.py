@@ -66,7 +66,9 @@ def results_table(run: Any):
                                                               else len(order), c.variant))
         for info in [r, *controls]:
             rows.append({"round": r.round, "variant": info.variant, "sparsity": info.sparsity,
-                         "final_loss": info.final_loss, **read_metrics(info.dir)})
+                         "final_loss": info.final_loss,
+                         **({"loss_at_init": info.loss_at_init} if info.loss_at_init is not None else {}),
+                         **read_metrics(info.dir)})
     return pd.DataFrame(rows)
 
 

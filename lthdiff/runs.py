@@ -67,6 +67,13 @@ class RoundInfo:
     summary: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def loss_at_init(self) -> float | None:
+        """Training loss of the network's start weights before training (:func:`lthdiff.analysis.loss_at_start`),
+        None for runs written before it was recorded."""
+        v = self.summary.get("loss_at_init")
+        return float(v) if isinstance(v, (int, float)) else None
+
+    @property
     def mask_path(self) -> Path:
         return self.dir / "mask.safetensors"
 

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from .io import CorruptFileError, atomic_path, read_json, tensors_digest, write_json
 from .runtime import log_line, mix_seed, process_state, progress_bar
@@ -28,7 +28,7 @@ from .tasks import DiffusionTask, Task, make_scheduler, resolve_task
 
 # Task, DiffusionTask, make_scheduler and process_state are re-exported from their owners
 # (:mod:`lthdiff.tasks`, :mod:`lthdiff.runtime`) for callers of the old names.
-__all__ = ["Task", "DiffusionTask", "TrainResult", "train", "make_scheduler", "MaskEnforcer", "load_checkpoint",
+__all__ = ["loss_at_start", "Task", "DiffusionTask", "TrainResult", "train", "make_scheduler", "MaskEnforcer", "load_checkpoint",
            "process_state", "resolve_task"]
 
 
@@ -297,3 +297,27 @@ def _check_resume(saved: dict[str, Any], now: dict[str, Any], ckpt_dir: Path) ->
             detail += "; the mask is not the one this checkpoint was trained with"
         raise ValueError(f"cannot resume from {ckpt_dir}: training arguments differ ({detail}); "
                          "use the same arguments or a new checkpoint_dir")
+
+
+def loss_at_start(model: nn.Module, dataset: Dataset, mask: Mapping[str, torch.Tensor] | None = None, *, n: int = 256, seed: int = 0,
+                  task: Any = "diffusion") -> float:
+    """The training loss of ``model`` (times ``mask``, if given) before any training, on a fixed batch.
+
+    The batch is ``n`` training images drawn by ``seed`` (without replacement), with the noise and
+    timesteps of :meth:`lthdiff.tasks.DiffusionTask.loss` drawn from ``torch.Generator().manual_seed(seed)``,
+    so every network of a study is scored on the very same noised batch (Ho et al. 2020, Eq. 14,
+    L_simple; unitless MSE on the noise).  A ticket's start is theta_0 * m: when it scores far
+    below theta_0 alone, the mask by itself carries information (the "supermask" effect of Zhou et
+    al. 2019, "Deconstructing Lottery Tickets", Sec. 5).  ``model`` is not modified.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    task_obj = resolve_task(task)
+    net = copy.deepcopy(model).cpu().eval()
+    if mask is not None:
+        MaskEnforcer(net, mask)(list(net.parameters()))
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(dataset), generator=gen)[: min(n, len(dataset))]
+    batch = default_collate([dataset[int(i)] for i in idx])  # images, or (image, label) pairs for a classifier
+    with torch.no_grad():
+        return float(task_obj.loss(net, batch, torch.Generator().manual_seed(seed)))

@@ -24,6 +24,7 @@ __all__ = ["sparsities", "aggregate", "ticket_vs_control", "matching_sparsity", 
 
 # Column names a reader understands, with units; metrics not listed keep their own name.
 METRIC_LABELS = {"fid": "FID", "kid": "KID", "kid_std": "KID std (subsets)", "final_loss": "final loss",
+                 "loss_at_init": "loss at init (before training)",
                  "precision": "precision", "recall": "recall", "f_score": "F-score (P/R)",
                  "ssim": "SSIM to dense", "psnr": "PSNR to dense (dB)", "perceptual": "perceptual dist. to dense"}
 
@@ -153,7 +154,8 @@ def rows_from_runs(runs: Sequence[Any]) -> list[dict[str, Any]]:
             for info in [r, *r.controls.values()]:
                 metrics = {k: v for k, v in read_metrics(info.dir).items() if isinstance(v, (int, float))}
                 rows.append({"seed": seed, "round": r.round, "variant": info.variant, "sparsity": info.sparsity,
-                             "final_loss": info.final_loss, **metrics})
+                             "final_loss": info.final_loss, **metrics,
+                             **({"loss_at_init": info.loss_at_init} if info.loss_at_init is not None else {})})
     return rows
 
 

@@ -1,0 +1,218 @@
+"""The study recorded network by network (lthdiff.bench.records / quality): records, aggregate, continuation."""
+import copy
+import json
+import math
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lthdiff import masks as M
+from lthdiff.bench import quality as Q
+from lthdiff.bench import records as R
+from lthdiff.data import load_dataset
+from lthdiff.imp import run_imp
+from lthdiff.io import CorruptFileError
+from lthdiff.models import unet
+from lthdiff.runs import IMPResult, RoundInfo
+from lthdiff.tasks import make_scheduler
+from lthdiff.train import loss_at_start, train
+
+SETTINGS = {"dataset": "digits", "image_size": 16, "preset": "tiny", "steps": 40, "batch_size": 32, "lr": 1e-3,
+            "schedule": [0.5, 0.75], "rewind": "init", "controls": ["random_reinit"], "n": 2000, "sample_steps": 10,
+            "extractor": "lthdiff-digits"}
+
+
+# --------------------------------------------------------------------------- masks and weights
+def test_mask_round_trip_is_bit_packed_and_checked(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    mask = {"a.weight": torch.rand(7, 5, 3, generator=g) > 0.7, "b.weight": torch.rand(13, generator=g) > 0.2}
+    path = R.save_mask(tmp_path / "m.npz", mask)
+    back = R.load_mask(path)
+    assert list(back) == list(mask) and all(torch.equal(back[k], mask[k]) for k in mask)
+    import numpy as np
+
+    with np.load(path) as z:
+        arrays = {k: z[k].copy() for k in z.files}
+    assert arrays["m0"].size == math.ceil(7 * 5 * 3 / 8) and arrays["m1"].size == 2  # one bit a weight
+    # one flipped bit in the stored array must not load as a different ticket
+    arrays["m0"][0] ^= 1
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    with pytest.raises(CorruptFileError, match="digest"):
+        R.load_mask(path)
+    with pytest.raises(ValueError, match="bool"):
+        R.save_mask(tmp_path / "x.npz", {"a": torch.ones(3)})
+
+
+def test_kept_weights_store_only_the_kept_values(tmp_path):
+    model = unet("tiny", seed=3)
+    mask = {k: torch.rand(v.shape, generator=torch.Generator().manual_seed(1)) > 0.9 for k, v in
+            list(model.named_parameters())[:6] if v.dim() > 1}
+    state = {k: (v * mask[k] if k in mask else v) for k, v in model.state_dict().items()}
+    path = R.save_kept_weights(tmp_path / "w.safetensors", state, mask)
+    back = R.load_kept_weights(path, model.state_dict(), mask)
+    assert all(torch.equal(back[k], state[k]) for k in state)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        k = next(iter(mask))
+        assert f.get_tensor(k).numel() == int(mask[k].sum())
+
+
+# --------------------------------------------------------------------------- settings and rows
+def test_settings_are_written_once_and_other_settings_refused(tmp_path):
+    R.write_settings(tmp_path, {**SETTINGS, "seed": 0})
+    assert R.write_settings(tmp_path, {**SETTINGS, "seed": 0})["steps"] == 40
+    with pytest.raises(ValueError, match=r"steps: recorded 40, now 80"):
+        R.write_settings(tmp_path, {**SETTINGS, "seed": 0, "steps": 80})
+    row = {"round": 0, "variant": "ticket", "fid": 1.0}
+    R.write_network(tmp_path, row)
+    with pytest.raises(FileExistsError):
+        R.write_network(tmp_path, {**row, "fid": 2.0})
+    assert R.read_networks(tmp_path)[0]["fid"] == 1.0  # the recorded row is untouched
+
+
+def _row(seed, r, variant, sparsity, fid, **kw):
+    base = {"seed": seed, "round": r, "variant": variant, "sparsity": sparsity, "fid": fid, "kid": fid / 10,
+            "kid_test": fid / 5, "fid_test": fid * 2, "final_loss": 0.05, "loss_at_init": 1.0, "steps": 40,
+            "loss_per_100_steps": [0.1] * 10}
+    return {**base, **kw}
+
+
+def _hand_made_study(root, fids, conts=None):
+    """fids[seed] = (dense, [(ticket, reinit) per round]); conts[seed] = dense continued FID."""
+    for seed, (dense, rounds) in fids.items():
+        d = root / f"seed_{seed}"
+        R.write_settings(d, {**SETTINGS, "seed": seed, "init_digest": f"digest{seed}"})
+        R.write_network(d, _row(seed, 0, "ticket", 0.0, dense, loss_at_init=1.1))
+        if conts:
+            R.write_network(d, _row(seed, 0, "dense_half", 0.0, dense * 1.5, steps=20))
+            R.write_network(d, _row(seed, 0, "dense_continued", 0.0, conts[seed], steps=60,
+                                    loss_per_100_steps=[0.1] * 15))
+        for r, ((t, c), sp) in enumerate(zip(rounds, SETTINGS["schedule"]), start=1):
+            R.write_network(d, _row(seed, r, "ticket", sp, t, loss_at_init=0.3))
+            R.write_network(d, _row(seed, r, "random_reinit", sp, c, loss_at_init=1.0))
+
+
+def test_aggregate_from_hand_made_records(tmp_path):
+    fids = {0: (1.0, [(0.9, 1.2), (1.3, 1.1)]), 1: (1.2, [(1.0, 1.5), (1.6, 1.4)]), 2: (1.1, [(1.2, 1.0), (1.5, 2.0)])}
+    _hand_made_study(tmp_path, fids, conts={0: 1.02, 1: 1.5, 2: 1.1})
+    agg = Q.aggregate_records(tmp_path)
+    assert agg["complete"] is True and agg["seeds"] == [0, 1, 2]
+    # independent arithmetic: dense mean 1.1, sample std 0.1 -> bound 1.2
+    dense = [1.0, 1.2, 1.1]
+    bound = sum(dense) / 3 + math.sqrt(sum((x - 1.1) ** 2 for x in dense) / 2)
+    m = agg["matching"]
+    assert m["bound"] == pytest.approx(bound)
+    # 50 %: mean(0.9, 1.0, 1.2) = 1.033 <= 1.2 matches; 75 %: mean(1.3, 1.6, 1.5) = 1.467 misses
+    assert m["sparsity"] == pytest.approx(0.5) and m["first_miss"] == pytest.approx(0.75)
+    t50 = next(r for r in agg["table"] if r["variant"] == "ticket" and r["sparsity"] == 0.5)
+    assert t50["ratio_to_dense_per_seed"] == pytest.approx({0: 0.9, 1: 1.0 / 1.2, 2: 1.2 / 1.1})
+    wins = {v["sparsity"]: v["ticket_wins"] for v in agg["versus"]["random_reinit"]}
+    assert wins == {0.5: 2, 0.75: 1}  # 50 %: seeds 0, 1; 75 %: seed 2
+    conv = {c["seed"]: c for c in agg["convergence"]}
+    tol = max(agg["matching"]["dense_std"], 0.05 * 1.2)  # seed 1: |1.5 - 1.2| = 0.3 > tol
+    assert conv[0]["converged"] is True and conv[1]["converged"] is False
+    assert conv[1]["fid_tolerance"] == pytest.approx(tol) and conv[0]["fid_half"] == pytest.approx(1.5)
+    init = {(r["sparsity"], r["variant"]): r["loss_at_init_mean"] for r in agg["loss_at_init"]}
+    assert init[(0.0, "dense")] == pytest.approx(1.1) and init[(0.5, "ticket")] == pytest.approx(0.3)
+    # the dense_half / dense_continued rows never count as dense in the verdict
+    assert next(r for r in agg["table"] if r["variant"] == "dense")["seeds"] == 3
+    md = Q.markdown("study", agg)
+    assert "**50.0%**" in md and "first miss at 75.0%" in md and "Partial" not in md
+
+
+def test_aggregate_refuses_mixed_settings_and_says_partial(tmp_path):
+    _hand_made_study(tmp_path, {0: (1.0, [(0.9, 1.2)]), 1: (1.1, [(1.0, 1.3)])})
+    s = json.loads((tmp_path / "seed_1" / "settings.json").read_text())
+    (tmp_path / "seed_1" / "settings.json").write_text(json.dumps({**s, "lr": 2e-3}))
+    with pytest.raises(ValueError, match=r"lr: 0.001 \(seed 0\) vs 0.002 \(seed 1\)"):
+        Q.aggregate_records(tmp_path)
+    (tmp_path / "seed_1" / "settings.json").write_text(json.dumps(s))
+    agg = Q.aggregate_records(tmp_path)
+    assert agg["complete"] is False and agg["networks_recorded"] == {0: 3, 1: 3}
+    assert "Partial" in Q.markdown("study", agg)
+
+
+def test_aggregate_cli_writes_next_to_the_records(tmp_path):
+    _hand_made_study(tmp_path / "mystudy", {0: (1.0, [(0.9, 1.2), (1.0, 1.1)])})
+    assert Q.main(["--aggregate", str(tmp_path / "mystudy")]) == 0
+    payload = json.loads((tmp_path / "mystudy" / "mystudy.json").read_text())
+    assert payload["matching"]["sparsity"] == pytest.approx(0.75)
+    with pytest.raises(SystemExit):
+        Q.main(["--aggregate", str(tmp_path / "nothing_here")])
+
+
+# --------------------------------------------------------------------------- loss at init
+def test_loss_at_start_against_the_ddpm_formula():
+    ds = load_dataset("digits", image_size=16)
+    model = unet("tiny", seed=5)
+    before = copy.deepcopy(model.state_dict())
+    mask = {k: torch.rand(v.shape, generator=torch.Generator().manual_seed(2)) > 0.5
+            for k, v in model.named_parameters() if v.dim() > 1}
+    got = loss_at_start(model, ds, mask, n=64, seed=7)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is untouched
+    # independent: the same 64 images, eps and t; x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (Ho et al. Eq. 4)
+    g = torch.Generator().manual_seed(7)
+    x0 = torch.stack([ds[int(i)] for i in torch.randperm(len(ds), generator=g)[:64]])
+    g = torch.Generator().manual_seed(7)
+    eps = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, 1000, (64,), generator=g)
+    abar = make_scheduler().alphas_cumprod[t].view(-1, 1, 1, 1)
+    net = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for k, p in net.named_parameters():
+            if k in mask:
+                p.mul_(mask[k])
+        want = F.mse_loss(net(abar.sqrt() * x0 + (1 - abar).sqrt() * eps, t).sample, eps).item()
+    assert got == pytest.approx(want, rel=1e-5)
+    assert got != pytest.approx(loss_at_start(model, ds, n=64, seed=7), rel=1e-3)  # the mask is applied
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        loss_at_start(model, ds, n=0)
+
+
+# --------------------------------------------------------------------------- continuing from the records
+@pytest.mark.slow
+def test_chain_continued_from_records_on_fresh_state_equals_run_imp(tmp_path):
+    """Each network trained by a new process from the records alone (run directories wiped in between)
+    equals the same network of one uninterrupted run_imp; dense continued to 1.5 T equals one 1.5 T run."""
+    steps, seed, bs = 20, 4, 8
+    argv = ["--name", "s", "--steps", str(steps), "--rounds", "2", "--n", "8", "--sample-steps", "2",
+            "--batch-size", str(bs), "--seeds", str(seed), "--records", str(tmp_path / "rec"),
+            "--run-root", str(tmp_path / "runs"), "--max-networks", "1"]
+    ds = load_dataset("digits", image_size=16)
+    ref = tmp_path / "imp"
+    run_imp(unet("tiny", seed=seed), ds, rounds=2, sparsity_schedule=[0.5, 0.75], steps_per_round=steps,
+            run_dir=ref, controls=("random_reinit",), seed=seed, batch_size=bs, lr=1e-3, progress=False)
+    imp = IMPResult.load(ref)
+    expected = {(0, "ticket"): imp.rounds[0], (1, "ticket"): imp.rounds[1], (2, "ticket"): imp.rounds[2],
+                (1, "random_reinit"): imp.rounds[1].controls["random_reinit"],
+                (2, "random_reinit"): imp.rounds[2].controls["random_reinit"]}
+    plan = Q.plan({**SETTINGS, "schedule": [0.5, 0.75]})
+    for r, variant in plan:
+        shutil.rmtree(tmp_path / "runs", ignore_errors=True)  # a fresh machine: only the records remain
+        assert Q.main(argv) == 0
+        row = json.loads((tmp_path / "rec" / "s" / f"seed_{seed}" / R.network_name(r, variant)).read_text())
+        run = tmp_path / "runs" / f"seed_{seed}"
+        if (r, variant) in expected:
+            want = expected[(r, variant)]
+            got = RoundInfo.from_dir(run / f"round_{r:02d}" / ("controls/" + variant if variant != "ticket" else ""))
+            assert all(torch.equal(a, b) for a, b in zip(got.load_model(ema=False).state_dict().values(),
+                                                         want.load_model(ema=False).state_dict().values())), (r, variant)
+            assert all(torch.equal(got.load_mask()[k], want.load_mask()[k]) for k in want.load_mask())
+            assert row["loss_at_init"] == pytest.approx(want.loss_at_init, rel=1e-6)
+            assert row["sparsity"] == pytest.approx(want.sparsity)
+        if variant == "dense_continued":
+            info = RoundInfo.from_dir(run / "round_00" / "continued")
+            assert info.summary["resumed_from"] == steps  # continued from T, not retrained from scratch
+            cont = info.load_model(ema=False)
+            once = train(unet("tiny", seed=seed), ds, steps * 3 // 2, batch_size=bs, lr=1e-3, seed=seed,
+                         mask=M.ones(unet("tiny", seed=seed)), progress=False).model
+            assert all(torch.equal(a, b) for a, b in zip(cont.state_dict().values(), once.state_dict().values()))
+            assert row["steps"] == steps * 3 // 2
+    rec = R.read_networks(tmp_path / "rec" / "s" / f"seed_{seed}")
+    assert [(x["round"], x["variant"]) for x in rec] == sorted(plan)
+    assert Q.main(argv) == 0  # nothing left: no network is trained or recorded twice
+    assert len(R.read_networks(tmp_path / "rec" / "s" / f"seed_{seed}")) == len(plan)
