@@ -128,3 +128,25 @@ def test_retrain_refuses_a_stale_ticket(tmp_path, small_digits):
     EB.retrain(res, small_digits, 2, progress=False)
     with pytest.raises(ValueError, match="remove that folder"):
         EB.retrain(res, small_digits, 3, progress=False)
+
+
+@pytest.mark.parametrize("rewind", ["init", "step:2"])
+def test_rewind_weights_and_retrained_ticket_at_a_real_learning_rate(tmp_path, small_digits, rewind):
+    """lr > 0, so theta_0, theta_2 and the searched weights all differ: the rewind folder holds theta_0
+    (or theta_2 of the dense trajectory), and the retrained ticket equals train(that start, the found
+    mask, steps) computed here."""
+    from lthdiff.train import train
+
+    res = _find(small_digits, tmp_path, rewind=rewind, max_steps=6)
+    kw = dict(batch_size=16, lr=1e-2, seed=0, progress=False)
+    start = micro() if rewind == "init" else train(micro(), small_digits, 2, mask=M.ones(micro()), **kw).model
+    rewound = load_model(res.rewind_dir).state_dict()
+    assert all(torch.equal(v, rewound[k]) for k, v in start.state_dict().items())
+    searched = train(micro(), small_digits, res.steps_trained, mask=M.ones(micro()), **kw).model.state_dict()
+    assert any(not torch.equal(v, searched[k]) for k, v in rewound.items())  # not the trained weights
+    info = EB.retrain(res, small_digits, 3, progress=False)
+    want = train(start, small_digits, 3, mask=res.mask, **kw)
+    for ema in (False, True):
+        got = info.load_model(ema=ema).state_dict()
+        ref = (want.ema if ema else want.model).state_dict()
+        assert all(torch.equal(v, got[k]) for k, v in ref.items()), ("ema" if ema else "raw")

@@ -170,3 +170,22 @@ def test_resumed_run_is_running_again_until_it_completes(tmp_path, small_digits)
     assert seen[-1] == "running"  # while the added round is written
     ex = reg.experiments()
     assert len(ex) == 1 and ex.loc[0, "status"] == "completed" and ex.loc[0, "rounds"] == 3
+
+
+def test_ticket_masks_are_the_global_magnitude_ranking(tmp_path, small_digits):
+    """Each round's mask is pruners.magnitude(previous trained weights, s, scope="global") within the
+    previous mask, and it is not the layer-wise one (which prunes every layer to s exactly)."""
+    res = _imp(small_digits, tmp_path)
+    prev = M.ones(micro())
+    for r, s in zip(res.rounds[1:], (0.5, 0.75)):
+        trained = res.rounds[r.round - 1].load_model(ema=False)
+        want = pruners.magnitude(trained, s, scope="global", mask=prev)
+        got = r.load_mask()
+        assert all(torch.equal(got[k], want[k]) for k in want), f"round {r.round}"
+        layer = pruners.magnitude(trained, s, scope="layer", mask=prev)
+        assert any(not torch.equal(got[k], layer[k]) for k in want)  # the test tells the two scopes apart
+        # and independently: every kept weight's |w| is >= every pruned one's, across layers
+        kept = torch.cat([trained.get_parameter(k).detach().abs()[m] for k, m in got.items()])
+        dropped = torch.cat([trained.get_parameter(k).detach().abs()[prev[k] & ~m] for k, m in got.items()])
+        assert kept.min() >= dropped.max()
+        prev = got

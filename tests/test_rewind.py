@@ -6,6 +6,8 @@ theta_K or the trained weights) from a fresh model or a fresh training run, then
 with that mask.  The saved ``round_01`` network must equal it bit for bit.  With lr > 0 the three
 starts differ, so a ticket that kept its trained weights instead of rewinding fails these tests.
 """
+import copy
+
 import pytest
 import torch
 
@@ -106,3 +108,30 @@ def test_late_rewind_resumes_from_a_checkpoint_past_k(tmp_path, small_digits):
         _assert_same_weights(a, b)
     ra, rb = load_model(tmp_path / "a" / "rewind").state_dict(), load_model(run_b / "rewind").state_dict()
     assert all(torch.equal(ra[k], rb[k]) for k in ra)
+
+
+def test_controls_under_late_rewinding_start_from_theta_k(tmp_path, small_digits):
+    """rewind="step:2": the ticket, random_mask and one_shot of round 2 each equal train(theta_2, their
+    mask, T - 2) computed here; random_reinit equals train(the documented fresh init, the ticket's
+    mask, T - 2) and differs from the ticket."""
+    from lthdiff.controls import reinit
+    from lthdiff.runtime import mix_seed
+
+    res = _imp(small_digits, tmp_path, rounds=2, rewind="step:2",
+               controls=("random_reinit", "random_mask", "one_shot"))
+    theta_2 = _train(micro(), small_digits, 2, None).model  # the dense trajectory at step 2
+    r2 = res.rounds[2]
+    for info in (r2, r2.controls["random_mask"], r2.controls["one_shot"]):
+        _assert_same_weights(_train(copy.deepcopy(theta_2), small_digits, STEPS - 2, info.load_mask()), info)
+    dense = res.rounds[0].load_model(ema=False)  # one_shot's mask: dense pruned straight to 75 %
+    one_shot = pruners.magnitude(dense, 0.75, mask=M.ones(dense))
+    assert all(torch.equal(one_shot[k], v) for k, v in r2.controls["one_shot"].load_mask().items())
+    rr = r2.controls["random_reinit"]
+    assert all(torch.equal(v, r2.load_mask()[k]) for k, v in rr.load_mask().items())  # the ticket's mask
+    fresh = reinit(micro(), mix_seed(0, 2, 0x5EED))
+    _assert_same_weights(_train(fresh, small_digits, STEPS - 2, r2.load_mask()), rr)
+    a, b = rr.load_model(ema=False).state_dict(), r2.load_model(ema=False).state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # random reinit is not the ticket
+    # the fresh init is a new draw, not theta_0 or theta_2
+    t0 = micro().state_dict()["conv_in.weight"]
+    assert not torch.equal(fresh.state_dict()["conv_in.weight"], t0)

@@ -126,3 +126,28 @@ def test_resume_with_a_different_mask_is_refused(tmp_path, small_digits):
         train(unet("tiny", **kw), small_digits, 4, batch_size=16, checkpoint_dir=tmp_path, progress=False)
     res = train(unet("tiny", **kw), small_digits, 4, batch_size=16, mask=m1, checkpoint_dir=tmp_path, progress=False)
     assert res.resumed_from == 2 and res.steps == 4
+
+
+def test_ema_equals_an_ema_recomputed_from_the_raw_weights(small_digits):
+    """At lr > 0 the EMA differs from the raw weights and equals, parameter by parameter, the EMA of the
+    raw weights after each step with diffusers' warm-up decay (EMAModel, use_ema_warmup, inv_gamma 1,
+    power 2/3): d_1 = 0, d_s = min(0.9999, 1 - (1 + (s - 1)) ** (-2/3)); e_s = d_s e_{s-1} + (1 - d_s) w_s."""
+    from lthdiff.models import unet
+
+    def micro():
+        return unet("tiny", block_out_channels=(8, 16, 16), norm_num_groups=4, seed=0)
+
+    steps = 4
+    kw = dict(batch_size=16, lr=1e-2, seed=0, progress=False)
+    # training is deterministic by seed, so the raw weights after step s are those of an s-step run
+    raw = [dict(train(micro(), small_digits, s, **kw).model.named_parameters()) for s in range(1, steps + 1)]
+    ema = {k: v.detach().clone() for k, v in raw[0].items()}  # step 1: decay 0, the EMA is the weights
+    for s in range(2, steps + 1):
+        d = min(0.9999, 1 - (1 + (s - 1)) ** (-2 / 3))
+        ema = {k: d * ema[k] + (1 - d) * raw[s - 1][k].detach() for k in ema}
+    res = train(micro(), small_digits, steps, **kw)
+    got = dict(res.ema.named_parameters())
+    final = dict(res.model.named_parameters())
+    assert any(not torch.allclose(got[k], final[k], atol=1e-6) for k in got)  # not a copy of the raw weights
+    for k in ema:
+        assert torch.allclose(got[k], ema[k], rtol=1e-5, atol=1e-7), k

@@ -86,3 +86,38 @@ def test_rows_from_runs_one_directory_per_seed(tmp_path):
     _fake_run(tmp_path / "c", 0, [1.0, 2.0])
     with pytest.raises(ValueError, match="both have seed 0"):
         rows_from_runs([tmp_path / "a", tmp_path / "c"])
+
+
+# --------------------------------------------------------------------------- the bound, a second time
+def _dense_and(ticket: dict[float, dict[int, float]], dense=DENSE) -> list[dict]:
+    rows = [{"seed": s, "round": 0, "variant": "ticket", "sparsity": 0.0, "fid": v} for s, v in dense.items()]
+    for r, (sp, by) in enumerate(ticket.items(), start=1):
+        rows += [{"seed": s, "round": r, "variant": "ticket", "sparsity": sp, "fid": v} for s, v in by.items()]
+    return rows
+
+
+def test_bound_is_mean_plus_k_std_and_a_tie_matches():
+    # dense 10, 12, 14: mean 12, sample std 2 (not the population std 1.63) -> bound 14 at k = 1, 16 at k = 2
+    tie = _dense_and({0.5: {0: 13.0, 1: 14.0, 2: 15.0}})  # ticket mean exactly 14: on the bound
+    m = matching_sparsity(tie)
+    assert m["bound"] == pytest.approx(14.0) and m["sparsity"] == 0.5 and m["first_miss"] is None
+    assert headline(tie).iloc[1]["matches dense"] == "yes"
+    above = _dense_and({0.5: {0: 13.0, 1: 14.0, 2: 15.03}})  # mean 14.01: just above
+    assert matching_sparsity(above)["sparsity"] == 0.0 and matching_sparsity(above)["first_miss"] == 0.5
+    assert headline(above).iloc[1]["matches dense"] == "no"
+    # mean 15.33 misses at k = 1 (bound 14), matches at k = 2 (bound 16)
+    wide = _dense_and({0.5: {0: 15.0, 1: 15.0, 2: 16.0}})
+    assert matching_sparsity(wide)["sparsity"] == 0.0
+    assert matching_sparsity(wide, k_std=2.0)["bound"] == pytest.approx(16.0)
+    assert matching_sparsity(wide, k_std=2.0)["sparsity"] == 0.5
+
+
+def test_matching_stops_at_the_first_miss_of_a_non_monotone_path():
+    # matches at 50 %, misses at 75 %, matches again at 90 %: the matching sparsity is 50 %, not 90 %
+    rows = _dense_and({0.5: {0: 11.0, 1: 12.0, 2: 13.0}, 0.75: {0: 16.0, 1: 16.0, 2: 16.0},
+                       0.9: {0: 11.0, 1: 12.0, 2: 12.0}})
+    m = matching_sparsity(rows)
+    assert m["sparsity"] == 0.5 and m["first_miss"] == 0.75
+    # the headline's column is per sparsity: 90 % is within the bound on its own
+    assert list(headline(rows)["matches dense"]) == ["–", "yes", "no", "yes"]
+    assert "Matching sparsity: 50.0%" in headline_text(rows) and "first miss at 75.0%" in headline_text(rows)
