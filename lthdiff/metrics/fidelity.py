@@ -213,6 +213,19 @@ def _fingerprint(images: _Images, k: int = _FINGERPRINT_IMAGES) -> str:
     return h.hexdigest()[:10]
 
 
+def _subset(n_all: int, n: int | None) -> torch.Tensor | None:
+    """Indices of a random ``n``-image subset (sorted), the same for every call: a fixed seed (not the
+    evaluation seed) keeps a cached reference valid; None for all images.  Dataset order is never
+    trusted (mnist5k's source is sorted by class, so its first images are one digit)."""
+    if n is None or int(n) >= n_all:
+        return None
+    return torch.randperm(n_all, generator=torch.Generator().manual_seed(0))[: int(n)].sort().values
+
+
+def _image(item: Any) -> torch.Tensor:
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
 def _reference(reference: Any, *, image_size: int, split: str, reference_n: int | None, root: str | os.PathLike,
                path: str | None, extractor_tag: str, rgb: bool) -> tuple[_Images, str, str]:
     """(images, description, cache key) for a dataset name, a tensor or a float dataset."""
@@ -222,20 +235,24 @@ def _reference(reference: Any, *, image_size: int, split: str, reference_n: int 
         ds = load_dataset(reference, image_size=image_size, split=split, root=root, path=path)
         n_all = len(ds)  # type: ignore[arg-type]
         n_ref = n_all if reference_n is None else min(int(reference_n), n_all)
-        # a fixed seed (not the evaluation seed) keeps the cached subset valid across evaluations
-        idx = None if n_ref == n_all else torch.randperm(n_all, generator=torch.Generator().manual_seed(0))[:n_ref]
-        images = _Images(ds, None if idx is None else idx.sort().values.tolist(), rgb=rgb)
+        idx = _subset(n_all, n_ref)
+        images = _Images(ds, None if idx is None else idx.tolist(), rgb=rgb)
         name = reference if path is None else f"{reference}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
         key = reference_key(name, split, image_size, extractor_tag, n_ref, _fingerprint(images))
         return images, f"{reference}/{split}/{image_size}px", key
     if isinstance(reference, Dataset) and not isinstance(reference, torch.Tensor):
         from ..data import as_tensor
 
-        reference = as_tensor(reference, reference_n)
+        n_all = len(reference)  # type: ignore[arg-type]
+        idx = _subset(n_all, reference_n)
+        reference = as_tensor(reference) if idx is None else torch.stack([_image(reference[i]) for i in idx.tolist()])
+    elif isinstance(reference, torch.Tensor):
+        idx = _subset(len(reference), reference_n)
+        reference = reference if idx is None else reference[idx]
     if not isinstance(reference, torch.Tensor):
         raise ValueError(f"reference must be a dataset name, a uint8 tensor (N, C, H, W) or a Dataset, "
                          f"got {type(reference).__name__}")
-    x = _as_uint8(reference, "reference")[:reference_n]
+    x = _as_uint8(reference, "reference")
     digest = hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()[:16]
     key = reference_key("tensor", digest, x.shape[-1], extractor_tag, len(x))
     return _Images(x, rgb=rgb), f"tensor:{digest}", key
@@ -270,7 +287,8 @@ def evaluate(
     ``unet_or_images``: a UNet (``n`` images are sampled with :func:`lthdiff.sampling.sample`,
     ``sampler``/``steps``/``seed``, default ``n=1000``) or images (N, C, H, W) as uint8 [0, 255]
     or float [-1, 1].  ``reference``: a dataset name for :func:`lthdiff.data.load_dataset`
-    (``split``, ``image_size`` = the images' size, ``reference_n`` images, default all), or images.
+    (``split``, ``image_size`` = the images' size), a Dataset, or images; ``reference_n``: a random
+    subset of that many reference images (seeded, the same every call; default all), never the first n.
     ``metrics``: subset of ``("fid", "kid", "prc")``.  ``seed`` also seeds KID's random subsets, so
     the same seed gives the same scores.  KID subsets have ``min(kid_subset_size, N, N_ref)`` images.
     ``cache_dir=None`` disables the reference cache.  ``cuda=None``: use the GPU when available.
