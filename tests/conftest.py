@@ -1,9 +1,13 @@
 """Shared fixtures: tiny models and data so every test runs in seconds on 2 CPU cores."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import subprocess
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +19,56 @@ os.environ.setdefault("LTHDIFF_QUICK", "1")
 # notebook kernel or subprocess starts, so those inherit it.
 os.environ["LTHDIFF_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="lthdiff-tests-torch-home-")
+# Everything a test session writes outside tmp_path lives under one temp folder, removed at exit:
+# TORCH_HOME, Hypothesis's database and pytest's own tmp_path base.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="lthdiff-tests-"))
+atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
+os.environ["TORCH_HOME"] = str(_SESSION_TMP / "torch-home")
 os.environ.pop("LTHDIFF_INCEPTION_WEIGHTS", None)
+# Child processes (CLI, torchrun, notebook kernels) load tests/netguard/sitecustomize.py: no network there either.
+_GUARD = str(Path(__file__).resolve().parent / "netguard")
+os.environ["PYTHONPATH"] = os.pathsep.join([_GUARD, *filter(None, [os.environ.get("PYTHONPATH")])])
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from hypothesis import configuration as _hypothesis_config  # noqa: E402
+
+_hypothesis_config.set_hypothesis_home_dir(str(_SESSION_TMP / "hypothesis"))
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    if config.option.basetemp is None:
+        config.option.basetemp = str(_SESSION_TMP / "pytest")
+    config._lthdiff_before = _untracked(_REPO)
+
+
+def _untracked(repo: Path) -> set[str] | None:
+    """Paths git reports as untracked or ignored (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--ignored", "--untracked-files=all"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {line[3:] for line in out.splitlines() if line[:2] in ("??", "!!")}
+
+
+def pytest_unconfigure(config):
+    """Remove what the session wrote into the checkout (notebook run folders, FID caches), never files
+    that were there before, never files git does not ignore (e.g. a study's records written meanwhile)."""
+    before = getattr(config, "_lthdiff_before", None)
+    after = _untracked(_REPO)
+    if before is None or after is None:
+        return
+    for rel in sorted(after - before):
+        path = _REPO / rel
+        ignored = subprocess.run(["git", "-C", str(_REPO), "check-ignore", "-q", rel]).returncode == 0
+        if ignored and path.is_file() and "__pycache__" not in path.parts and ".egg-info" not in rel:
+            path.unlink(missing_ok=True)
+    for rel in sorted({str(Path(r).parent) for r in after - before}, key=len, reverse=True):
+        d = _REPO / rel
+        while d != _REPO and d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+            d = d.parent
 
 
 @pytest.fixture(scope="session")

@@ -112,3 +112,12 @@ def test_help_and_unknown_option(capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", "--fast"])
     assert e.value.code == 2 and "--fast" in capsys.readouterr().err
+
+
+def test_child_processes_are_under_the_network_guard(tmp_path):
+    """tests/netguard/sitecustomize.py is on every child's PYTHONPATH: a child that opens a non-loopback
+    connection fails as a test would (loopback, used by torchrun and notebook kernels, still works)."""
+    code = ("import socket\ns = socket.socket()\ns.settimeout(1)\n"
+            "try:\n    s.connect(('203.0.113.1', 80))\nexcept ConnectionRefusedError as e:\n    print('refused:', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert "refused: tests must not open network connections" in proc.stdout, proc.stdout + proc.stderr
