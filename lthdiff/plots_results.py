@@ -57,10 +57,11 @@ def plot_accuracy(df, ax=None, variants: Sequence[str] | None = None, title: str
 
 def quality_vs_sparsity(table: Any, *, metric: str = "fid", ax: Any = None, matching: float | None = None,
                         title: str | None = None):
-    """Mean metric (FID) vs sparsity (%) with +-1 std error bars over seeds, one line per variant,
-    and the dense model as a band (mean +- 1 std): the matching-sparsity bound of ``lthdiff.bench quality``.
+    """Mean metric (FID) vs weights remaining (%, log axis, sparser to the right, as Frankle & Carbin
+    2019, Fig. 1) with +-1 std error bars over seeds, one line per variant, and the dense model as a
+    band (mean +- 1 std): the matching-sparsity bound of ``lthdiff.bench quality``.
 
-    ``table``: rows of ``lthdiff.bench.quality.aggregate`` (a DataFrame or list of dicts with
+    ``table``: rows of :func:`lthdiff.verdict.aggregate` (a DataFrame or list of dicts with
     ``sparsity``, ``variant``, ``<metric>_mean``, ``<metric>_std``; the dense row has variant "dense").
     ``matching``: the matching sparsity (fraction), drawn as a vertical line.
     """
@@ -71,7 +72,7 @@ def quality_vs_sparsity(table: Any, *, metric: str = "fid", ax: Any = None, matc
     for col in ("sparsity", "variant", mean, std):
         if col not in df.columns:
             raise ValueError(f"table has no column {col!r}; columns: {list(df.columns)}")
-    fig, ax = _axes(ax, (5.5, 3.6))
+    fig, ax = _axes(ax, (6.4, 3.8))
     dense = df[df["variant"] == "dense"]
     if not dense.empty:
         m, s = float(dense[mean].iloc[0]), float(dense[std].iloc[0])
@@ -81,14 +82,19 @@ def quality_vs_sparsity(table: Any, *, metric: str = "fid", ax: Any = None, matc
     variants.sort(key=lambda v: v != "ticket")  # ticket first: colour C0
     for i, v in enumerate(variants):
         g = pd.concat([dense, df[df["variant"] == v]]).sort_values("sparsity")  # every line starts at dense
-        ax.errorbar(100 * g["sparsity"], g[mean], yerr=g[std], marker="o", ms=4, capsize=3, color=f"C{i % 10}",
-                    lw=2 if v == "ticket" else 1.2, ls="-" if v == "ticket" else "--", label=v)
+        ax.errorbar(100 * (1 - g["sparsity"]), g[mean], yerr=g[std], marker="o", ms=4, capsize=3,
+                    color=f"C{i % 10}", lw=2 if v == "ticket" else 1.2, ls="-" if v == "ticket" else "--", label=v)
     if matching is not None:
-        ax.axvline(100 * matching, color="C0", ls=":", lw=1, label=f"matching sparsity {matching:.1%}")
-    ax.set_xlabel("sparsity (%)")
+        ax.axvline(100 * (1 - matching), color="C0", ls=":", lw=1, label=f"matching sparsity {matching:.1%}")
+    ax.set_xscale("log")
+    ax.invert_xaxis()  # sparser to the right
+    ticks = sorted({float(x) for x in 100 * (1 - df["sparsity"])}, reverse=True)
+    ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("weights remaining (%, log scale)")
     ax.set_ylabel(f"{metric.upper()} (lower is better)")
-    ax.set_title(title or f"{metric.upper()} vs sparsity (mean ± std over seeds)")
-    ax.legend(fontsize=8)
+    ax.set_title(title or f"{metric.upper()} vs weights remaining (mean ± std over seeds)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # off the data
     ax.grid(alpha=0.3)
     return fig
 

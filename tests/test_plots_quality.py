@@ -23,6 +23,13 @@ def test_quality_vs_sparsity_draws_band_lines_and_matching():
     ys = band.get_patch_transform().transform(band.get_path().vertices)[:, 1]
     lo, hi = ys.min(), ys.max()
     assert (lo, hi) == pytest.approx((10.5 - 0.5 ** 0.5, 10.5 + 0.5 ** 0.5))  # mean 10.5, sample std sqrt(.5)
+    # x: weights remaining on a log axis, sparser to the right
+    assert ax.get_xscale() == "log" and ax.get_xlim()[0] > ax.get_xlim()[1]
+    ticket = next(c for c in ax.containers if c.get_label() == "ticket").lines[0]
+    assert list(ticket.get_xdata()) == pytest.approx([100, 50, 25])
+    assert list(ticket.get_ydata()) == pytest.approx([10.5, 11.0, 11.5])
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1 - 1  # the legend sits off the data
     plots.close(fig)
 
 
