@@ -5,7 +5,7 @@ matplotlib.use("Agg")
 import pytest
 
 from lthdiff import plots
-from lthdiff.bench.quality import aggregate
+from lthdiff.verdict import aggregate
 
 ROWS = [{"seed": s, "round": r, "sparsity": sp, "variant": v, "fid": f}
         for s in (0, 1)

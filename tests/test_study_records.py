@@ -122,6 +122,12 @@ def test_aggregate_from_hand_made_records(tmp_path):
     assert next(r for r in agg["table"] if r["variant"] == "dense")["seeds"] == 3
     md = Q.markdown("study", agg)
     assert "**50.0%**" in md and "first miss at 75.0%" in md and "Partial" not in md
+    text = Q.study_summary(agg)  # the sentence the README and notebook 04 show, every number from agg
+    assert "up to **50.0%** sparsity" in text and "first sparsity that misses is 75.0%" in text
+    assert "50.0%: 0.941 ± 0.13 (0.9, 0.833, 1.09)" in text  # mean and sample std of 0.9, 1/1.2, 1.2/1.1
+    assert "against random_reinit: 50.0% 2/3, 75.0% 1/3" in text
+    assert "Dense converged at T in 2/3 seeds" in text and "seed 1: 1.8, 1.2, 1.5" in text
+    assert "theta_0 1.1, ticket theta_0 * m 0.3 at 75.0%, random_reinit 1" in text
 
 
 def test_aggregate_refuses_mixed_settings_and_says_partial(tmp_path):

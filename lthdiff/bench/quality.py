@@ -50,12 +50,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..verdict import aggregate, matching_sparsity, sparsities, summarize, ticket_vs_control
+from ..verdict import aggregate, matching_sparsity, summarize
 from . import records as R
 from .common import RECORDED, markdown_table, write_results
 
-__all__ = ["aggregate", "matching_sparsity", "sparsities", "summarize", "ticket_vs_control", "loss_plateau",
-           "converged", "plan", "run_network", "aggregate_records", "main"]
+__all__ = ["loss_plateau", "converged", "plan", "run_network", "aggregate_records", "markdown", "recorded_study",
+           "study_summary", "main"]
 
 DATASET_DEFAULTS = {"digits": {"image_size": 16, "preset": "tiny", "extractor": "lthdiff-digits"},
                     "mnist5k": {"image_size": 32, "preset": "mnist32", "extractor": "lthdiff-mnist"}}
@@ -454,6 +454,69 @@ def markdown(name: str, agg: dict[str, Any]) -> str:
             + "\n## Loss at init\n\nThe diffusion loss of each network's starting weights (theta_0 * m for a "
             "ticket, the fresh init * m for random reinit) on one fixed batch of 256 training images, noise and "
             "timesteps, before any training (predicting zero noise scores about 1).\n\n" + markdown_table(init_rows))
+
+
+def recorded_study(name: str = "quality_digits_converged", records: str | Path = RECORDED) -> dict[str, Any] | None:
+    """:func:`aggregate_records` of a study recorded in the package (``lthdiff/bench/results/<name>/``);
+    None when nothing of it is recorded yet (no dense network)."""
+    d = Path(records) / name
+    if not R.seed_dirs(d):
+        return None
+    try:
+        return aggregate_records(d)
+    except ValueError as exc:
+        if "no dense" in str(exc):
+            return None
+        raise
+
+
+def study_summary(agg: dict[str, Any]) -> str:
+    """The study's answer in a few Markdown sentences, every number read from ``agg``
+    (:func:`aggregate_records`): matching sparsity, ticket / dense per sparsity (mean ± std and per
+    seed), seeds won against each control, the convergence check and the loss at init."""
+    st, m = agg["settings"], agg["matching"]
+    seeds = agg["seeds"]
+    head = (f"{st['dataset']} {st['image_size']} px, {st['preset']} UNet, T = {st['steps']} steps a network, "
+            f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))}), FID of {st['n']} "
+            f"DDIM-{st['sample_steps']} samples")
+    partial = "" if agg["complete"] else (" **Partial**: " + ", ".join(
+        f"seed {k} {agg['networks_recorded'][k]}/{v} networks" for k, v in agg["networks_planned"].items())
+        + " recorded so far; the study continues.")
+    pruned = [r for r in agg["table"] if r["variant"] == "ticket" and r["sparsity"] > 0]
+    if pruned:
+        miss = (f"; the first sparsity that misses is {m['first_miss']:.1%}" if m["first_miss"] is not None
+                else "; every recorded sparsity matches")
+        match = (f"Tickets match the dense model (mean FID within dense {_fmt(m['dense_mean'])} + 1 std "
+                 f"{_fmt(m['dense_std'], 2)}) up to **{m['sparsity']:.1%}** sparsity{miss}.")
+        ratios = "; ".join(f"{r['sparsity']:.1%}: {_fmt(r['ratio_to_dense_mean'])} ± {_fmt(r['ratio_to_dense_std'], 2)} "
+                           f"({', '.join(_fmt(v) for v in r['ratio_to_dense_per_seed'].values())})" for r in pruned)
+        wins = []
+        for c, vs in agg["versus"].items():
+            got = [f"{v['sparsity']:.1%} {v['ticket_wins']}/{v['seeds']}" for v in vs if v["seeds"]]
+            if got:
+                wins.append(f"against {c}: " + ", ".join(got))
+        body = (f"{match} Ticket FID / dense FID per sparsity, mean ± std (per seed): {ratios}. "
+                + (f"Seeds the ticket wins {'; '.join(wins)}." if wins else ""))
+    else:
+        body = "No pruned network is recorded yet."
+    conv = [c for c in agg["convergence"] if c.get("converged") is not None]
+    conv_text = ""
+    if conv:
+        ok = sum(bool(c["converged"]) for c in conv)
+        conv_text = (f" Dense converged at T in {ok}/{len(conv)} seeds: FID at T/2, T, 1.5 T = "
+                     + "; ".join(f"seed {c['seed']}: {_fmt(c['fid_half'])}, {_fmt(c['fid_T'])}, {_fmt(c['fid_1.5T'])}"
+                                 for c in conv) + f" (tolerance max(dense std, 5 %) = {_fmt(conv[0]['fid_tolerance'])}).")
+    init = {r["variant"]: r for r in agg["loss_at_init"] if r["sparsity"] == max(
+        (x["sparsity"] for x in agg["loss_at_init"] if x["variant"] == "ticket"), default=-1)}
+    dense_init = next((r for r in agg["loss_at_init"] if r["variant"] == "dense"), None)
+    init_text = ""
+    if "ticket" in init and dense_init:
+        others = ", ".join(f"{v} {_fmt(r['loss_at_init_mean'])}" for v, r in init.items() if v != "ticket")
+        init_text = (f" Loss at init (before training, one fixed batch): theta_0 {_fmt(dense_init['loss_at_init_mean'])}, "
+                     f"ticket theta_0 * m {_fmt(init['ticket']['loss_at_init_mean'])} at "
+                     f"{init['ticket']['sparsity']:.1%}" + (f", {others}" if others else "")
+                     + ": the mask alone already denoises (the supermask effect, Zhou et al. 2019).")
+    return f"**{head}.**{partial} {body}{conv_text}{init_text}"
 
 
 # --------------------------------------------------------------------------- CLI
