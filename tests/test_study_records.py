@@ -149,6 +149,16 @@ def test_aggregate_cli_writes_next_to_the_records(tmp_path):
     assert payload["matching"]["sparsity"] == pytest.approx(0.75)
     with pytest.raises(SystemExit):
         Q.main(["--aggregate", str(tmp_path / "nothing_here")])
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\n<!-- study -->\nold answer\n<!-- /study -->\n\nrest\n")
+    assert Q.main(["--aggregate", str(tmp_path / "mystudy"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# title\n\n<!-- study -->\n**digits") and text.endswith("\n<!-- /study -->\n\nrest\n")
+    assert "old answer" not in text and "up to **75.0%** sparsity" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="<!-- study -->"):
+        Q.update_readme(readme, "x")
+    assert readme.read_text() == "no markers\n"  # untouched
 
 
 # --------------------------------------------------------------------------- loss at init

@@ -55,7 +55,7 @@ from . import records as R
 from .common import RECORDED, markdown_table, write_results
 
 __all__ = ["loss_plateau", "converged", "plan", "run_network", "aggregate_records", "markdown", "recorded_study",
-           "study_summary", "main"]
+           "study_summary", "update_readme", "main"]
 
 DATASET_DEFAULTS = {"digits": {"image_size": 16, "preset": "tiny", "extractor": "lthdiff-digits"},
                     "mnist5k": {"image_size": 32, "preset": "mnist32", "extractor": "lthdiff-mnist"}}
@@ -519,6 +519,22 @@ def study_summary(agg: dict[str, Any]) -> str:
     return f"**{head}.**{partial} {body}{conv_text}{init_text}"
 
 
+def update_readme(path: str | Path, summary: str, tag: str = "study") -> Path:
+    """Replace the text between ``<!-- tag -->`` and ``<!-- /tag -->`` in ``path`` with ``summary``
+    (atomically; everything else is kept byte for byte)."""
+    from ..io import atomic_path
+
+    path = Path(path)
+    text = path.read_text()
+    start, end = f"<!-- {tag} -->\n", f"\n<!-- /{tag} -->"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"{path} needs exactly one '<!-- {tag} -->' line and one '<!-- /{tag} -->' line after it")
+    a, b = text.index(start) + len(start), text.index(end)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text[:a] + summary.strip() + text[b:])
+    return path
+
+
 # --------------------------------------------------------------------------- CLI
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     from ..imp import sparsity_schedule
@@ -605,6 +621,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--run-root", default=None, help="run directories (default: $XDG_CACHE_HOME/lthdiff/NAME)")
     ap.add_argument("--aggregate", metavar="DIR", default=None, help="build NAME.md/.json from the records in DIR")
     ap.add_argument("--out", default=None, help="with --aggregate: where to write (default: DIR)")
+    ap.add_argument("--readme", default=None, metavar="FILE",
+                    help="with --aggregate: put the study's summary between <!-- study --> and <!-- /study --> in FILE")
     args = ap.parse_args(argv)
     if args.aggregate is not None:
         d = Path(args.aggregate)
@@ -614,6 +632,8 @@ def main(argv: list[str]) -> int:
         md = markdown(d.name, agg)
         write_results(args.out or d, d.name, agg, md)
         print(md)
+        if args.readme:
+            update_readme(args.readme, study_summary(agg))
         return 0
     defaults = DATASET_DEFAULTS[args.dataset]
     args.image_size = args.image_size or defaults["image_size"]
