@@ -53,7 +53,7 @@ def final_loss(losses: Sequence[float]) -> float:
     return sum(tail) / len(tail)
 
 
-@dataclass
+@dataclass(repr=False)
 class RoundInfo:
     """One trained network of an IMP run: the ticket of a round, or one of its controls."""
 
@@ -65,6 +65,12 @@ class RoundInfo:
     variant: str = "ticket"
     controls: dict[str, "RoundInfo"] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        init = f", loss at init {self.loss_at_init:.3g}" if self.loss_at_init is not None else ""
+        ctrl = f", controls: {', '.join(self.controls)}" if self.controls else ""
+        return (f"RoundInfo(round {self.round} {self.variant}, sparsity {self.sparsity:.1%}, final loss "
+                f"{self.final_loss:.3g}{init}, {self.seconds:.0f} s{ctrl})")
 
     @property
     def loss_at_init(self) -> float | None:
@@ -105,7 +111,7 @@ class RoundInfo:
         return info
 
 
-@dataclass
+@dataclass(repr=False)
 class IMPResult:
     """The completed rounds of an IMP run directory."""
 
@@ -131,8 +137,22 @@ class IMPResult:
         for r in self.rounds:
             for info in [r, *r.controls.values()]:
                 rows.append({"round": r.round, "variant": info.variant, "sparsity": info.sparsity,
-                             "final_loss": info.final_loss, "seconds": info.seconds})
+                             "final_loss": info.final_loss,
+                             **({"loss_at_init": info.loss_at_init} if info.loss_at_init is not None else {}),
+                             "seconds": info.seconds})
         return pd.DataFrame(rows)
+
+    def __repr__(self) -> str:
+        t = self.table()
+        head = (f"IMPResult({self.run_dir}: {len(self.rounds)} rounds, {len(t)} networks, "
+                f"controls {list(self.config.get('controls') or [])})")
+        if t.empty:
+            return head
+        return head + "\n" + t.to_string(index=False, float_format=lambda v: f"{v:.3g}")
+
+    def _repr_html_(self) -> str:
+        return (f"<p><b>IMPResult</b> <code>{self.run_dir}</code>: {len(self.rounds)} rounds</p>"
+                + self.table().to_html(index=False, float_format=lambda v: f"{v:.3g}"))
 
     @property
     def final(self) -> RoundInfo:

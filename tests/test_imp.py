@@ -189,3 +189,16 @@ def test_ticket_masks_are_the_global_magnitude_ranking(tmp_path, small_digits):
         dropped = torch.cat([trained.get_parameter(k).detach().abs()[prev[k] & ~m] for k, m in got.items()])
         assert kept.min() >= dropped.max()
         prev = got
+
+
+def test_results_print_as_a_compact_table(tmp_path, small_digits):
+    res = _imp(small_digits, tmp_path, rounds=1, controls=("random_reinit",))
+    text = repr(res)
+    lines = text.splitlines()
+    assert len(text) < 1000 and len(lines) == 1 + 1 + 3  # header, column names, 3 networks
+    assert "random_reinit" in text and "loss_at_init" in lines[1] and "layer_sparsity" not in text
+    one = repr(res.rounds[1])
+    assert one.startswith("RoundInfo(round 1 ticket, sparsity 50.0%") and "controls: random_reinit" in one
+    assert "loss at init" in one and len(one) < 200
+    html = res._repr_html_()
+    assert html.count("<tr") == 4 and "IMPResult" in html
