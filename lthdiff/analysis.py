@@ -105,7 +105,7 @@ def imp_accuracy(result: Any, test_set: Dataset, *, ema: bool = False, batch_siz
                  device: str | torch.device | None = None, progress: bool = False):
     """Test accuracy of every network of an IMP run, as a pandas DataFrame.
 
-    ``result`` is an :class:`lthdiff.imp.IMPResult` or its run directory.  One row per (round,
+    ``result`` is an :class:`lthdiff.runs.IMPResult` or its run directory.  One row per (round,
     variant): ``variant`` is ``"ticket"`` or a control name; ``sparsity`` is the fraction of
     prunable weights removed and ``remaining`` = 1 - sparsity (the x-axis of Frankle & Carbin
     2019, Fig. 1/3).  Models are the raw trained weights (``ema=False``), which is what classifiers

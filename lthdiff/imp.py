@@ -32,15 +32,12 @@ from . import pruners
 from .controls import CONTROLS, RoundContext
 from .io import tensors_digest
 from .models import load_model, save_model, with_state
-from .runs import (IMPResult, RegistryLog, RoundInfo, check_or_write_config, copy_network, rollback,
-                   write_round)
+from .runs import IMPResult, RegistryLog, RoundInfo, check_or_write_config, copy_network, write_round
 from .runtime import process_state, progress_bar
 from .tasks import resolve_task
 from .train import train
 
-# IMPResult, RoundInfo and rollback belong to lthdiff.runs; re-exported for callers of the old names.
-__all__ = ["run_imp", "IMPResult", "RoundInfo", "rollback", "sparsity_schedule", "geometric_schedule", "imp_allocation",
-           "CONTROLS"]
+__all__ = ["run_imp", "sparsity_schedule", "geometric_schedule", "imp_allocation"]
 
 DEFAULT_CONTROLS = ("random_reinit", "random_mask")
 Allocation = Callable[..., Mapping[str, float]]

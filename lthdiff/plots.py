@@ -89,7 +89,7 @@ def sparsity_curve(table: Any, metric: str, *, by: str | None = "variant", ax: A
     """``metric`` against sparsity, one line per ``by`` group (ticket and controls).
 
     ``table``: a DataFrame with a ``sparsity`` column (fraction pruned) and ``metric`` column, e.g.
-    :meth:`lthdiff.imp.IMPResult.table` or :meth:`lthdiff.registry.Registry.metrics`.
+    :meth:`lthdiff.runs.IMPResult.table` or :meth:`lthdiff.registry.Registry.metrics`.
     ``remaining=True`` plots the percentage of weights remaining on a reversed log axis, as
     Frankle & Carbin 2019 (Fig. 1, 3) do; False plots sparsity (%) linearly.
     """

@@ -102,7 +102,7 @@ def quality_vs_sparsity(table: Any, *, metric: str = "fid", ax: Any = None, matc
 def classic_accuracy(results: str | os.PathLike | Mapping[str, Any], *, ax: Any = None, title: str | None = None):
     """Test accuracy vs weights remaining from a recorded ``python -m lthdiff.bench classic`` result
     (its JSON file or the loaded dict): ticket and controls, mean +- std over seeds, as Frankle &
-    Carbin 2019, Fig. 1/3 (:func:`lthdiff.classify.plot_accuracy`)."""
+    Carbin 2019, Fig. 1/3 (:func:`lthdiff.plots.plot_accuracy`)."""
     import json
 
     import pandas as pd

@@ -54,7 +54,7 @@ def _load(run: Any):
 
 
 def results_table(run: Any):
-    """Long table of a run (directory or :class:`~lthdiff.imp.IMPResult`): one row per round and
+    """Long table of a run (directory or :class:`~lthdiff.runs.IMPResult`): one row per round and
     variant (``ticket`` first, then controls) with ``sparsity``, ``final_loss`` and any metrics."""
     import pandas as pd
 

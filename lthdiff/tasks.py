@@ -97,7 +97,7 @@ def _split_item(item: Any, where: str) -> tuple[torch.Tensor, Any]:
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         raise ValueError(f"{where} must yield (image, label) pairs, got {type(item).__name__}"
                          + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else "")
-                         + "; load it with lthdiff.data.load_dataset(..., labels=True) or classify.load_labelled")
+                         + "; load it with lthdiff.data.load_dataset(..., labels=True)")
     image, label = item
     if not isinstance(image, torch.Tensor) or image.ndim != 3:
         raise ValueError(f"{where} images must be (C, H, W) tensors, got "

@@ -26,7 +26,7 @@ def log_dir(run_dir: str | Path) -> Path:
 
 def _writer(run_dir: str | Path):
     """A cached ``SummaryWriter`` on the main process, else None."""
-    from .train import process_state
+    from .runtime import process_state
 
     if not process_state().is_main_process:
         return None
@@ -57,7 +57,7 @@ def _block_sparsity(layer_sparsity: Mapping[str, float], layer_sizes: Mapping[st
 
 
 def log_round(run_dir: str | Path, info: Any) -> None:
-    """Loss curves and sparsities of a completed round (a :class:`lthdiff.imp.RoundInfo`) and its controls."""
+    """Loss curves and sparsities of a completed round (a :class:`lthdiff.runs.RoundInfo`) and its controls."""
     from .io import read_json
 
     w = _writer(run_dir)

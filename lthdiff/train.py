@@ -26,10 +26,7 @@ from .io import CorruptFileError, atomic_path, read_json, tensors_digest, write_
 from .runtime import log_line, mix_seed, process_state, progress_bar
 from .tasks import DiffusionTask, Task, make_scheduler, resolve_task
 
-# Task, DiffusionTask, make_scheduler and process_state are re-exported from their owners
-# (:mod:`lthdiff.tasks`, :mod:`lthdiff.runtime`) for callers of the old names.
-__all__ = ["loss_at_start", "Task", "DiffusionTask", "TrainResult", "train", "make_scheduler", "MaskEnforcer", "load_checkpoint",
-           "process_state", "resolve_task"]
+__all__ = ["train", "TrainResult", "MaskEnforcer", "load_checkpoint", "loss_at_start"]
 
 
 class MaskEnforcer:
@@ -54,19 +51,9 @@ class MaskEnforcer:
 
 
 def _validate_mask(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> None:
-    try:
-        from .masks import validate
-    except ImportError:  # masks module absent: fall back to the essential checks
-        validate = None
-    if validate is not None:
-        validate(model, mask)
-        return
-    params = dict(model.named_parameters())
-    for name, m in mask.items():
-        if name not in params:
-            raise ValueError(f"mask key {name!r} is not a parameter of the model")
-        if m.dtype != torch.bool or m.shape != params[name].shape:
-            raise ValueError(f"mask for {name!r} must be a bool tensor of shape {tuple(params[name].shape)}")
+    from .masks import validate
+
+    validate(model, mask)
 
 
 @dataclass

@@ -5,7 +5,10 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
-from lthdiff import classify as C
+from lthdiff import analysis as A
+from lthdiff import classifiers as CL
+from lthdiff import data as D
+from lthdiff import plots as P
 from lthdiff.imp import run_imp
 from lthdiff.models import load_model, save_model
 from lthdiff.train import train
@@ -13,7 +16,7 @@ from lthdiff.train import train
 
 @pytest.fixture(scope="module")
 def digits8():
-    return C.load_labelled("digits", image_size=8, split="train")
+    return D.load_labelled("digits", image_size=8, split="train")
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +32,17 @@ def _imp(ds, run_dir, **kw):
     args = dict(rounds=2, steps_per_round=3, prune_per_round=0.5, batch_size=16, run_dir=run_dir, ema=False,
                 task="classification", progress=False, checkpoint_every=2)
     args.update(kw)
-    return run_imp(C.build("lenet-300-100", image_size=8), ds, **args)
+    return run_imp(CL.build("lenet-300-100", image_size=8), ds, **args)
 
 
 @pytest.mark.parametrize("preset,channels,size", [("lenet-300-100", 1, 8), ("lenet-5", 1, 8), ("lenet-5", 1, 28),
                                                   ("resnet-18", 3, 8)])
 def test_presets_shape_seed_and_save_load_round_trip(tmp_path, preset, channels, size):
-    model = C.build(preset, in_channels=channels, image_size=size, num_classes=7, seed=3)
+    model = CL.build(preset, in_channels=channels, image_size=size, num_classes=7, seed=3)
     assert model.eval()(torch.zeros(2, channels, size, size)).shape == (2, 7)
     assert model.lthdiff_spec == {"preset": preset, "in_channels": channels, "image_size": size,
                                   "num_classes": 7, "seed": 3}
-    same, other = C.build(preset, channels, size, 7, seed=3), C.build(preset, channels, size, 7, seed=4)
+    same, other = CL.build(preset, channels, size, 7, seed=3), CL.build(preset, channels, size, 7, seed=4)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values()))
     assert not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
     with torch.no_grad():
@@ -50,7 +53,7 @@ def test_presets_shape_seed_and_save_load_round_trip(tmp_path, preset, channels,
 
 
 def test_resnet18_has_cifar_stem_and_default_init():
-    model = C.build("resnet-18", in_channels=3, image_size=32)
+    model = CL.build("resnet-18", in_channels=3, image_size=32)
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
     assert isinstance(model.maxpool, torch.nn.Identity)
     # PyTorch's default conv init (kaiming_uniform, a=sqrt(5)) is bounded by 1/sqrt(fan_in);
@@ -62,12 +65,12 @@ def test_resnet18_has_cifar_stem_and_default_init():
 
 
 def test_evaluate_trained_lenet_on_digits():
-    tr = C.load_labelled("digits", image_size=16, split="train")
-    te = C.load_labelled("digits", image_size=16, split="test")
-    model = C.build("lenet-300-100", image_size=16)
-    before = C.evaluate(model, te)
+    tr = D.load_labelled("digits", image_size=16, split="train")
+    te = D.load_labelled("digits", image_size=16, split="test")
+    model = CL.build("lenet-300-100", image_size=16)
+    before = A.evaluate_accuracy(model, te)
     res = train(model, tr, 150, batch_size=64, ema=False, task="classification", progress=False)
-    after = C.evaluate(res.model, te, batch_size=100)
+    after = A.evaluate_accuracy(res.model, te, batch_size=100)
     assert before < 0.3 and after > 0.8
     assert res.model.training  # evaluate restores the mode it found
     correct = sum(int(res.model(x[None]).argmax() == y) for x, y in (te[i] for i in range(len(te))))
@@ -93,9 +96,9 @@ def test_imp_masks_exact_nested_and_zero(tmp_path, small8):
 
 
 def test_output_layer_pruned_at_half_rate(tmp_path, small8):
-    model = C.build("lenet-300-100", image_size=8)
-    alloc = C.output_rate_allocation(model, prune_per_round=0.5, factor=0.5)
-    assert C.output_layer(model) == "fc3.weight" and len(alloc) == 30
+    model = CL.build("lenet-300-100", image_size=8)
+    alloc = CL.output_rate_allocation(model, prune_per_round=0.5, factor=0.5)
+    assert CL.output_layer(model) == "fc3.weight" and len(alloc) == 30
     res = _imp(small8, tmp_path, scope="layer", allocation=alloc, controls=("random_mask",))
     for r in res.rounds[1:]:
         for info in (r, r.controls["random_mask"]):
@@ -107,7 +110,7 @@ def test_output_layer_pruned_at_half_rate(tmp_path, small8):
 
 def test_rewind_to_init_weights_exactly(tmp_path, small8):
     """With lr=0 training is the identity, so a round's weights are where it started from."""
-    init = _params(C.build("lenet-300-100", image_size=8))
+    init = _params(CL.build("lenet-300-100", image_size=8))
     res = _imp(small8, tmp_path / "lr0", lr=0.0)
     rewind = _params(load_model(tmp_path / "lr0" / "rewind"))
     assert all(torch.equal(rewind[k], init[k]) for k in init)
@@ -130,7 +133,7 @@ def test_rewind_to_init_weights_exactly(tmp_path, small8):
 
 
 def test_resume_extending_rounds_equals_straight_run(tmp_path, small8):
-    alloc = C.output_rate_allocation(C.build("lenet-300-100", image_size=8), prune_per_round=0.5)
+    alloc = CL.output_rate_allocation(CL.build("lenet-300-100", image_size=8), prune_per_round=0.5)
     kw = dict(scope="layer", allocation=alloc, controls=("random_mask",))
     straight = _imp(small8, tmp_path / "a", **kw)
 
@@ -158,50 +161,50 @@ def test_resume_extending_rounds_equals_straight_run(tmp_path, small8):
 
 def test_imp_accuracy_table(tmp_path, small8):
     res = _imp(small8, tmp_path)
-    test = Subset(C.load_labelled("digits", image_size=8, split="test"), range(50))
-    df = C.imp_accuracy(res, test, device="cpu")
+    test = Subset(D.load_labelled("digits", image_size=8, split="test"), range(50))
+    df = A.imp_accuracy(res, test, device="cpu")
     assert list(df.columns) == ["round", "variant", "sparsity", "remaining", "accuracy"]
     assert len(df) == 1 + 2 * 3
     assert set(df["variant"]) == {"ticket", "random_reinit", "random_mask"}
     assert ((df["remaining"] + df["sparsity"]) == 1).all()
     row = df[(df["round"] == 2) & (df["variant"] == "random_mask")].iloc[0]
     model = res.rounds[2].controls["random_mask"].load_model(ema=False)
-    assert row["accuracy"] == C.evaluate(model, test)
-    again = C.imp_accuracy(tmp_path, test, device="cpu")  # from the run directory
+    assert row["accuracy"] == A.evaluate_accuracy(model, test)
+    again = A.imp_accuracy(tmp_path, test, device="cpu")  # from the run directory
     assert again.equals(df)
-    ax = C.plot_accuracy(df)
+    ax = P.plot_accuracy(df)
     assert ax.get_xscale() == "log" and len(ax.containers) == 3
 
 
 def test_bad_inputs(small8, digits8, micro_unet):
     with pytest.raises(ValueError, match="lenet-7.*accepted"):
-        C.build("lenet-7")
+        CL.build("lenet-7")
     with pytest.raises(ValueError, match="image_size"):
-        C.build("lenet-5", image_size=4)
+        CL.build("lenet-5", image_size=4)
     with pytest.raises(ValueError, match="num_classes"):
-        C.build("lenet-300-100", num_classes=1)
-    model = C.build("lenet-300-100", image_size=8)
-    images_only = C.load_labelled("digits", image_size=8).base  # yields images, not pairs
+        CL.build("lenet-300-100", num_classes=1)
+    model = CL.build("lenet-300-100", image_size=8)
+    images_only = D.load_labelled("digits", image_size=8).base  # yields images, not pairs
     with pytest.raises(ValueError, match=r"\(image, label\)"):
-        C.evaluate(model, images_only)
+        A.evaluate_accuracy(model, images_only)
     with pytest.raises(ValueError, match=r"\(image, label\)"):
         train(model, images_only, 2, task="classification", progress=False)
     with pytest.raises(ValueError, match=r"shape \(1, 16, 16\).*expects \(1, 8, 8\)"):
-        C.evaluate(model, C.load_labelled("digits", image_size=16, split="test"))
+        A.evaluate_accuracy(model, D.load_labelled("digits", image_size=16, split="test"))
     with pytest.raises(ValueError, match="logits|classes"):
-        train(micro_unet, C.load_labelled("digits", image_size=16), 2, task="classification", progress=False)
+        train(micro_unet, D.load_labelled("digits", image_size=16), 2, task="classification", progress=False)
     with pytest.raises(ValueError, match="outside the model's 3 classes"):
-        C.evaluate(C.build("lenet-300-100", image_size=8, num_classes=3), Subset(digits8, [i for i in range(64)
+        A.evaluate_accuracy(CL.build("lenet-300-100", image_size=8, num_classes=3), Subset(digits8, [i for i in range(64)
                                                                                        if digits8[i][1] >= 3]))
     floats = [(x, float(y)) for x, y in (small8[i] for i in range(4))]
     with pytest.raises(ValueError, match="integer class"):
-        C.evaluate(model, floats)
+        A.evaluate_accuracy(model, floats)
     with pytest.raises(ValueError, match="diffusion"):  # a classifier under the diffusion task
         train(model, small8, 2, progress=False)
     with pytest.raises(ValueError, match="factor"):
-        C.output_rate_allocation(model, prune_per_round=0.5, factor=2.0)
+        CL.output_rate_allocation(model, prune_per_round=0.5, factor=2.0)
     with pytest.raises(ValueError, match="accepted"):
-        C.load_labelled("imagenet")
+        D.load_labelled("imagenet")
 
 
 def test_bench_summary_finds_where_the_ticket_keeps_dense_accuracy():

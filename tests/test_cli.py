@@ -30,7 +30,7 @@ def quick_run(tmp_path_factory):
 
 def test_quick_run_artefacts_are_consistent(quick_run):
     from lthdiff import masks as M
-    from lthdiff.imp import IMPResult
+    from lthdiff.runs import IMPResult
 
     d, out = quick_run
     run = d / "run"

@@ -7,7 +7,7 @@ import textwrap
 
 import torch
 
-from lthdiff.imp import IMPResult
+from lthdiff.runs import IMPResult
 from lthdiff.registry import Registry
 
 SCRIPT = textwrap.dedent("""
@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent("""
     from lthdiff.data import TensorImageDataset, load_dataset
     from lthdiff.imp import run_imp
     from lthdiff.models import unet
-    from lthdiff.train import process_state
+    from lthdiff.runtime import process_state
 
     out = sys.argv[1]
     d = load_dataset("digits", image_size=16)

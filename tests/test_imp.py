@@ -3,7 +3,8 @@ import torch
 
 from lthdiff import masks as M
 from lthdiff import pruners
-from lthdiff.imp import IMPResult, rollback, run_imp
+from lthdiff.imp import run_imp
+from lthdiff.runs import IMPResult, rollback
 from lthdiff.models import load_model, unet
 
 KW = dict(block_out_channels=(8, 16, 16), norm_num_groups=4)

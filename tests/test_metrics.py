@@ -122,7 +122,7 @@ def test_extractor_is_a_working_digit_classifier_and_copies_match():
     assert acc > 0.95
     from lthdiff.io import load_tensors
 
-    repo, _ = load_tensors(X.REPO_WEIGHTS)
+    repo, _ = load_tensors(X.PACKAGE_WEIGHTS)
     packaged, _ = load_tensors(X.PACKAGE_WEIGHTS)
     assert repo.keys() == packaged.keys() and all(torch.equal(repo[k], packaged[k]) for k in repo)
     # features have unit mean square on the train split (KID's kernel is scale-sensitive)

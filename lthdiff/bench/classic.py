@@ -26,20 +26,22 @@ def _run_seed(cfg: dict[str, Any], seed: int, work: str, progress: bool) -> tupl
     """IMP for one seed, then the test accuracy of every network (one row each) and the training seconds."""
     import torch
 
-    from .. import classify as C
+    from .. import analysis as A
+    from .. import classifiers as CL
+    from .. import data as D
     from ..imp import run_imp
 
     torch.set_num_threads(1)
-    train = C.load_labelled(cfg["dataset"], cfg["image_size"], "train")
-    test = C.load_labelled(cfg["dataset"], cfg["image_size"], "test")
+    train = D.load_labelled(cfg["dataset"], cfg["image_size"], "train")
+    test = D.load_labelled(cfg["dataset"], cfg["image_size"], "test")
     channels = train[0][0].shape[0]
-    model = C.build(cfg["preset"], in_channels=channels, image_size=cfg["image_size"], seed=seed)
-    alloc = C.output_rate_allocation(model, cfg["prune"], cfg["output_factor"]) if cfg["output_factor"] != 1 else None
+    model = CL.build(cfg["preset"], in_channels=channels, image_size=cfg["image_size"], seed=seed)
+    alloc = CL.output_rate_allocation(model, cfg["prune"], cfg["output_factor"]) if cfg["output_factor"] != 1 else None
     result = run_imp(model, train, rounds=cfg["rounds"], steps_per_round=cfg["steps"], prune_per_round=cfg["prune"],
                      run_dir=Path(work) / f"seed_{seed}", rewind="init", scope="layer", allocation=alloc, seed=seed,
                      batch_size=cfg["batch_size"], lr=cfg["lr"], ema=False, task="classification",
                      progress=progress)
-    df = C.imp_accuracy(result, test)
+    df = A.imp_accuracy(result, test)
     df.insert(0, "seed", seed)
     train_seconds = sum(info.seconds for r in result.rounds for info in [r, *r.controls.values()])
     return df.to_dict("records"), train_seconds
@@ -101,7 +103,7 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from ..classify import plot_accuracy
+    from ..plots import plot_accuracy
     from ..io import atomic_path
 
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -28,7 +28,7 @@ RULES = ("uniform", "global", "jiang2023", "erk")
 @torch.no_grad()
 def heldout_loss(model: nn.Module, dataset, batches: int = 4, batch_size: int = 128, seed: int = 1234) -> float:
     """DDPM L_simple (Ho et al. 2020, Eq. 14) on ``dataset`` with fixed noise and timesteps."""
-    from ..train import DiffusionTask
+    from ..tasks import DiffusionTask
 
     task = DiffusionTask()
     device = next(model.parameters()).device

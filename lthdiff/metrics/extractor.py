@@ -25,9 +25,8 @@ FEATURES = "64"  # penultimate layer: the features FID/KID/PRC use
 IMAGE_SIZE = 16
 _FILE = "digits_extractor.safetensors"
 # One copy, inside the package, so a checkout and an installed wheel score with the same bytes
-# (the same extractor tag).  REPO_WEIGHTS is the old name of that same file.
+# (the same extractor tag).
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent / _FILE
-REPO_WEIGHTS = PACKAGE_WEIGHTS
 
 
 class DigitsNet(nn.Module):

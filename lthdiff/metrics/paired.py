@@ -184,7 +184,7 @@ class _DenseReference:
 
 
 def dense_reference(result: Any, *, n: int, steps: int, seed: int) -> _DenseReference:
-    """A lazily sampled reference for :func:`paired_for`: round 0 (EMA) of an :class:`lthdiff.imp.IMPResult`."""
+    """A lazily sampled reference for :func:`paired_for`: round 0 (EMA) of an :class:`lthdiff.runs.IMPResult`."""
     if not result.rounds or result.rounds[0].round != 0:
         raise ValueError(f"{result.run_dir} has no dense round 0 to compare with")
     return _DenseReference(result, n, steps, seed)
@@ -200,7 +200,7 @@ def paired_for(dense: _DenseReference, model: nn.Module) -> dict[str, Any]:
 
 def run_note(result: Any) -> str | None:
     """One sentence for a run's report saying what the ``ssim``/``psnr``/``perceptual`` columns are, or
-    None when no network of the :class:`lthdiff.imp.IMPResult` has paired metrics."""
+    None when no network of the :class:`lthdiff.runs.IMPResult` has paired metrics."""
     from ..io import read_json
 
     for rnd in result.rounds:
