@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lthdiff`` console script."""
     args = _parser().parse_args(argv)
     from .errors import DatasetUnavailableError
-    from .io import CorruptFileError
+    from lthdiff.store.io import CorruptFileError
 
     try:
         return _dispatch(args)
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from .data import load_dataset
+    from lthdiff.data.datasets import load_dataset
 
     if args.command == "run":
         from .config import load_config, quickstart
@@ -127,14 +127,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_pipeline(cfg)
         return 0
     if args.command == "report":
-        from .report import main as report_main
+        from lthdiff.reporting.report import main as report_main
 
         return report_main([args.run_dir, *args.more_runs, *(["--registry", args.registry] if args.registry else [])])
     if args.command == "sample":
         import torch
 
-        from .models import load_model
-        from .sampling import image_grid, sample
+        from lthdiff.models.unets import load_model
+        from lthdiff.evaluation.sampling import image_grid, sample
 
         imgs = sample(load_model(args.model), args.n, sampler=args.sampler, steps=args.steps, seed=args.seed)
         image_grid(imgs, scale=4).save(args.out)
@@ -142,8 +142,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
         return 0
     if args.command == "eval":
-        from .metrics import fid
-        from .models import load_model
+        from lthdiff.evaluation.metrics import fid
+        from lthdiff.models.unets import load_model
 
         res = fid(load_model(args.model), args.dataset, n=args.n, sampler=args.sampler, steps=args.steps,
                   seed=args.seed, feature_extractor=args.feature_extractor, image_size=args.image_size)
@@ -151,8 +151,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     ds = load_dataset(args.dataset, image_size=args.image_size, root=args.data_root)
     if args.command == "train":
-        from .models import save_model, unet
-        from .train import train
+        from lthdiff.models.unets import save_model, unet
+        from lthdiff.training.loop import train
 
         c = ds[0].shape[0]
         res = train(unet(args.preset, sample_size=args.image_size, in_channels=c, out_channels=c, seed=args.seed),
@@ -162,8 +162,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"trained {res.steps} steps; model in {Path(args.out) / 'model'}")
         return 0
     if args.command == "imp":
-        from .imp import run_imp
-        from .models import from_pretrained, unet
+        from lthdiff.lottery.imp import run_imp
+        from lthdiff.models.unets import from_pretrained, unet
 
         c = ds[0].shape[0]
         model = from_pretrained(args.pretrained) if args.pretrained else unet(
@@ -175,8 +175,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(res.table().to_string(index=False))
         return 0
     if args.command == "prune":
-        from . import masks, pruners
-        from .models import load_model, save_model
+        from lthdiff import masks, pruners
+        from lthdiff.models.unets import load_model, save_model
 
         model = load_model(args.model)
         if args.method == "structured":

@@ -142,7 +142,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
             setattr(obj, key, _coerce(section, key, value, hints[key]))
     if not 0 < cfg.imp.prune_per_round < 1:
         raise ConfigError(f"[imp] prune_per_round must be in (0, 1), got {cfg.imp.prune_per_round}")
-    from .controls import CONTROLS
+    from lthdiff.lottery.controls import CONTROLS
 
     bad = [c for c in cfg.imp.controls if c not in CONTROLS]
     if bad:

@@ -12,15 +12,15 @@ from typing import Any, Callable
 
 
 from .config import Config
-from .io import read_json, write_json
-from .runs import IMPResult, RegistryLog, write_metrics
+from lthdiff.store.io import read_json, write_json
+from lthdiff.lottery.runs import IMPResult, RegistryLog, write_metrics
 
 __all__ = ["build_dataset", "build_model", "run_pipeline", "evaluate_run", "efficiency"]
 
 
 def build_dataset(cfg: Config, split: str = "train"):
     """The training (or test) dataset a config describes."""
-    from .data import load_dataset
+    from lthdiff.data.datasets import load_dataset
 
     return load_dataset(cfg.data.name, image_size=cfg.data.image_size, split=split, root=cfg.data.root,
                         augment=cfg.data.augment and split == "train", path=cfg.data.path or None)
@@ -28,7 +28,7 @@ def build_dataset(cfg: Config, split: str = "train"):
 
 def build_model(cfg: Config, channels: int):
     """The dense UNet a config describes: a preset, or a pretrained diffusers UNet."""
-    from .models import from_pretrained, unet
+    from lthdiff.models.unets import from_pretrained, unet
 
     if cfg.model.pretrained:
         return from_pretrained(cfg.model.pretrained)
@@ -45,16 +45,16 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, on_metrics: Callable[[int,
                  progress: bool = True) -> list[dict[str, Any]]:
     """FID/KID of every round's ticket and controls (EMA weights), written to ``metrics.json`` beside each,
     plus, for every non-dense network, paired SSIM/PSNR/perceptual distance to the dense round-0 model
-    (:func:`lthdiff.metrics.paired`, on ``max(16, min(256, n // 8))`` DDIM samples from shared noise).
+    (:func:`lthdiff.evaluation.metrics.paired_fidelity`, on ``max(16, min(256, n // 8))`` DDIM samples from shared noise).
 
     Rounds already evaluated with the same settings are skipped, so the stage resumes.  Metrics and
     sample grids also go to TensorBoard (``run_dir/tb``).  ``on_metrics(round, variant, payload)`` is
     called for every network, evaluated now or before, with what ``metrics.json`` holds (the pipeline
-    records it in the registry through :class:`lthdiff.runs.RegistryLog`).
+    records it in the registry through :class:`lthdiff.lottery.runs.RegistryLog`).
     """
-    from .metrics import evaluate
-    from .metrics.fidelity import resolve_extractor
-    from .sampling import image_grid, sample
+    from lthdiff.evaluation.metrics import evaluate
+    from lthdiff.evaluation.metrics.fidelity import resolve_extractor
+    from lthdiff.evaluation.sampling import image_grid, sample
 
     result = IMPResult.load(run_dir)
     # The resolved name, not "auto": a cache computed with one extractor must not answer for another
@@ -63,8 +63,8 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, on_metrics: Callable[[int,
     paired_n = max(16, min(256, cfg.eval.n // 8))
     settings = {"n": cfg.eval.n, "sampler": cfg.eval.sampler, "steps": cfg.eval.steps,
                 "feature_extractor": extractor, "seed": cfg.train.seed, "paired_n": paired_n}
-    from . import tb
-    from .metrics.paired import dense_reference, paired_for
+    from .tracking import tb
+    from lthdiff.evaluation.metrics.paired_fidelity import dense_reference, paired_for
 
     dense = dense_reference(result, n=paired_n, steps=cfg.eval.steps, seed=cfg.train.seed)
     rows = []
@@ -97,9 +97,9 @@ def efficiency(run_dir: str | Path, cfg: Config, *, sampling_steps: int | None =
     """Parameters, MACs and file sizes of every round's ticket -> ``efficiency.json``.
 
     With ``sampling_steps``, each row also gets the measured sampling speed
-    (:func:`lthdiff.metrics.efficiency.sampling_speed`, batch 16, ``repeats`` timings).
+    (:func:`lthdiff.evaluation.metrics.efficiency.sampling_speed`, batch 16, ``repeats`` timings).
     """
-    from .metrics import efficiency as E
+    from lthdiff.evaluation.metrics import efficiency as E
 
     result = IMPResult.load(run_dir)
     shape = (1, _channels(result), cfg.data.image_size, cfg.data.image_size)
@@ -117,8 +117,8 @@ def efficiency(run_dir: str | Path, cfg: Config, *, sampling_steps: int | None =
 
 def run_pipeline(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Run the whole main job for ``cfg``; return paths and the metrics table."""
-    from .imp import imp_allocation, run_imp
-    from .report import build
+    from lthdiff.lottery.imp import imp_allocation, run_imp
+    from lthdiff.reporting.report import build
 
     t0 = time.perf_counter()
     run_dir = Path(cfg.output.run_dir)

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from lthdiff import masks as M
 from lthdiff import pruners
-from lthdiff.imp import run_imp
+from lthdiff.lottery import run_imp
 from lthdiff.models import unet
 from lthdiff.pruners.allocation import RULES, allocate, jiang2023_schedule, parse_rule, unit_order
 

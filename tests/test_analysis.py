@@ -5,9 +5,9 @@ matplotlib.use("Agg")
 import pytest
 import torch
 
-from lthdiff import analysis as A
+from lthdiff.evaluation import analysis as A
 from lthdiff import masks as M
-from lthdiff.imp import run_imp
+from lthdiff.lottery import run_imp
 from lthdiff.models import unet
 
 KW = dict(block_out_channels=(8, 16, 16), norm_num_groups=4)

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from lthdiff.bench.quality import converged, loss_plateau
-from lthdiff.verdict import aggregate, matching_sparsity, sparsities, summarize, ticket_vs_control
+from lthdiff.evaluation import aggregate, matching_sparsity, sparsities, summarize, ticket_vs_control
 
 
 def _rows(table):

@@ -5,13 +5,13 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
-from lthdiff import analysis as A
-from lthdiff import classifiers as CL
+from lthdiff.evaluation import analysis as A
+from lthdiff.models import classifiers as CL
 from lthdiff import data as D
-from lthdiff import plots as P
-from lthdiff.imp import run_imp
+from lthdiff.reporting import plots as P
+from lthdiff.lottery import run_imp
 from lthdiff.models import load_model, save_model
-from lthdiff.train import train
+from lthdiff.training import train
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def quick_run(tmp_path_factory):
 
 def test_quick_run_artefacts_are_consistent(quick_run):
     from lthdiff import masks as M
-    from lthdiff.runs import IMPResult
+    from lthdiff.lottery import IMPResult
 
     d, out = quick_run
     run = d / "run"

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from lthdiff.cli import main
-from lthdiff.io import CorruptFileError
+from lthdiff.store import CorruptFileError
 
 
 @pytest.fixture

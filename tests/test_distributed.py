@@ -7,13 +7,13 @@ import textwrap
 
 import torch
 
-from lthdiff.runs import IMPResult
-from lthdiff.registry import Registry
+from lthdiff.lottery import IMPResult
+from lthdiff.tracking import Registry
 
 SCRIPT = textwrap.dedent("""
     import sys, torch
     from lthdiff.data import TensorImageDataset, load_dataset
-    from lthdiff.imp import run_imp
+    from lthdiff.lottery import run_imp
     from lthdiff.models import unet
     from lthdiff.runtime import process_state
 

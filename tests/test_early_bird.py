@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from lthdiff import early_bird as EB
+from lthdiff.lottery import early_bird as EB
 from lthdiff import masks as M
-from lthdiff.io import read_json
+from lthdiff.store import read_json
 from lthdiff.models import load_model, unet
 
 KW = dict(block_out_channels=(8, 16, 16), norm_num_groups=4)
@@ -111,7 +111,7 @@ def test_bad_arguments(tmp_path, small_digits, kw, match):
 
 def test_mask_distance_curve_plots_the_recorded_curve(tmp_path, small_digits):
     pytest.importorskip("matplotlib")
-    from lthdiff import plots
+    from lthdiff.reporting import plots
 
     res = _find(small_digits, tmp_path, lr=0.0, max_steps=6)
     for source in (res, tmp_path, tmp_path / "early_bird.json"):
@@ -135,7 +135,7 @@ def test_rewind_weights_and_retrained_ticket_at_a_real_learning_rate(tmp_path, s
     """lr > 0, so theta_0, theta_2 and the searched weights all differ: the rewind folder holds theta_0
     (or theta_2 of the dense trajectory), and the retrained ticket equals train(that start, the found
     mask, steps) computed here."""
-    from lthdiff.train import train
+    from lthdiff.training import train
 
     res = _find(small_digits, tmp_path, rewind=rewind, max_steps=6)
     kw = dict(batch_size=16, lr=1e-2, seed=0, progress=False)

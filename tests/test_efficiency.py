@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from lthdiff import masks as M
-from lthdiff.io import CorruptFileError
-from lthdiff.metrics import efficiency as E
-from lthdiff.metrics import load_compressed, save_compressed
+from lthdiff.store import CorruptFileError
+from lthdiff.evaluation import efficiency as E
+from lthdiff.evaluation import load_compressed, save_compressed
 from lthdiff.models import unet
 from lthdiff.pruners import magnitude, random
 

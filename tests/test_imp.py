@@ -3,8 +3,8 @@ import torch
 
 from lthdiff import masks as M
 from lthdiff import pruners
-from lthdiff.imp import run_imp
-from lthdiff.runs import IMPResult, rollback
+from lthdiff.lottery import run_imp
+from lthdiff.lottery import IMPResult, rollback
 from lthdiff.models import load_model, unet
 
 KW = dict(block_out_channels=(8, 16, 16), norm_num_groups=4)
@@ -68,7 +68,7 @@ def test_rewind_to_init_and_none(tmp_path, small_digits):
 
 
 def test_late_rewind_saves_weights_at_step_k(tmp_path, small_digits):
-    from lthdiff.train import train
+    from lthdiff.training import train
 
     _imp(small_digits, tmp_path, rounds=1, rewind="step:2", controls=(), steps_per_round=4)
     expected = train(micro(), small_digits, 2, batch_size=16, progress=False).model
@@ -159,7 +159,7 @@ def test_one_shot_control_prunes_dense_weights_and_can_be_added_later(tmp_path, 
 
 
 def test_resumed_run_is_running_again_until_it_completes(tmp_path, small_digits):
-    from lthdiff.registry import Registry
+    from lthdiff.tracking import Registry
 
     db = tmp_path / "lthdiff.db"
     _imp(small_digits, tmp_path / "run", rounds=1, controls=(), registry=db)

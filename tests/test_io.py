@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lthdiff.io import CorruptFileError, atomic_path, load_tensors, read_json, save_tensors, write_json
+from lthdiff.store import CorruptFileError, atomic_path, load_tensors, read_json, save_tensors, write_json
 
 
 def test_tensors_round_trip_with_metadata(tmp_path):

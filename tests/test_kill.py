@@ -32,7 +32,7 @@ DRIVER = textwrap.dedent(f"""
     torch.set_num_threads(1)
     from lthdiff.config import Config
     from lthdiff.data import TensorImageDataset, load_dataset
-    from lthdiff.imp import run_imp
+    from lthdiff.lottery import run_imp
     from lthdiff.models import unet
     from lthdiff.pipeline import evaluate_run
 

@@ -59,6 +59,46 @@ def _bench_users(edges: dict[str, set[str]], pkg: str) -> list[str]:
     return sorted(f"{m} -> {t}" for m, ts in edges.items() for t in ts if inside(t) and not inside(m))
 
 
+# Folders (and root modules) bottom to top, in the order a run flows: each imports only from its own
+# level or below.  The package root (lthdiff/__init__, the version) is below everything.
+ORDER = ["runtime", "errors", "store", "data", "masks", "models", "training", "pruners", "tracking", "lottery",
+         "evaluation", "reporting", "config", "pipeline", "cli", "bench"]
+
+
+def _unit(module: str) -> str:
+    return module.split(".")[1] if "." in module else module
+
+
+def upward(edges: dict[str, set[str]], order: list[str]) -> list[str]:
+    """Edges from a unit to one above it in ``order`` (units not in it are reported too)."""
+    rank = {u: i for i, u in enumerate(order)}
+    out = []
+    for m, ts in edges.items():
+        for t in ts:
+            a, b = _unit(m), _unit(t)
+            if "." not in t or a == b:
+                continue  # the package root, or within one folder
+            if a not in rank or b not in rank or rank[b] > rank[a]:
+                out.append(f"{m} -> {t}")
+    return sorted(out)
+
+
+def test_folders_import_only_from_their_level_or_below_and_the_root_stays_small():
+    edges, _ = import_graph(PACKAGE)
+    assert upward(edges, ORDER) == []
+    root = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+    assert len(root) <= 8, root
+    for d in sorted(p for p in PACKAGE.iterdir() if (p / "__init__.py").exists()):
+        doc = ast.get_docstring(ast.parse((d / "__init__.py").read_text()))
+        assert doc and len(doc) > 40, f"{d.name}/__init__.py says what the folder is for"
+
+
+def test_the_layer_check_fails_on_a_planted_upward_import():
+    edges, _ = import_graph(PACKAGE)
+    planted = {**edges, "lthdiff.masks.core": edges["lthdiff.masks.core"] | {"lthdiff.lottery.imp"}}
+    assert upward(planted, ORDER) == ["lthdiff.masks.core -> lthdiff.lottery.imp"]
+
+
 def test_the_package_has_no_cycle_no_library_to_bench_import_and_no_private_crossing():
     edges, private = import_graph(PACKAGE)
     assert len(edges) > 30  # the whole package was read

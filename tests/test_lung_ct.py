@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from lthdiff import lung_ct as L
+from lthdiff.data import lung_ct as L
 from lthdiff.data import load_dataset
 
 

@@ -4,7 +4,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from lthdiff import masks as M
-from lthdiff.io import CorruptFileError
+from lthdiff.store import CorruptFileError
 
 
 def seq() -> nn.Sequential:
@@ -191,7 +191,7 @@ def test_corrupt_or_foreign_mask_file(tmp_path):
     p.write_bytes(raw[: len(raw) - 10])
     with pytest.raises(CorruptFileError):
         M.load(p)
-    from lthdiff.io import save_tensors
+    from lthdiff.store import save_tensors
 
     save_tensors(p, seq().state_dict())
     with pytest.raises(ValueError, match="not a mask"):

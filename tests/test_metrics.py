@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from lthdiff.data import load_dataset, to_uint8
-from lthdiff.metrics import evaluate, fid, kid, reference_key, resolve_extractor
-from lthdiff.metrics import extractor as X
+from lthdiff.evaluation import evaluate, fid, kid, reference_key, resolve_extractor
+from lthdiff.evaluation import extractor as X
 
 DIGITS = "lthdiff-digits"
 
@@ -120,7 +120,7 @@ def test_extractor_is_a_working_digit_classifier_and_copies_match():
     te = load_dataset("digits", image_size=16, split="test")
     acc = float((net(te.tensors).argmax(1) == te.labels).float().mean())
     assert acc > 0.95
-    from lthdiff.io import load_tensors
+    from lthdiff.store import load_tensors
 
     repo, _ = load_tensors(X.PACKAGE_WEIGHTS)
     packaged, _ = load_tensors(X.PACKAGE_WEIGHTS)
@@ -162,7 +162,7 @@ def test_reloaded_extractor_module_still_computes(test_images):
 
 @pytest.mark.slow
 def test_extractor_training_is_deterministic():
-    from lthdiff.metrics.train_extractor import train
+    from lthdiff.evaluation.metrics.train_extractor import train
 
     a, sa = train(epochs=1, progress=False)
     b, sb = train(epochs=1, progress=False)

@@ -13,8 +13,8 @@ import torch
 from scipy import linalg
 
 from lthdiff.data import load_dataset
-from lthdiff.metrics import evaluate
-from lthdiff.metrics.extractor import load_net
+from lthdiff.evaluation import evaluate
+from lthdiff.evaluation.metrics.extractor import load_net
 
 
 def _uint8(x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +81,7 @@ def test_ddim_sampling_equals_diffusers_ddim_pipeline(micro_unet):
     """Our DDIM loop (eta=0) against diffusers' DDIMPipeline on the same UNet and the same noise."""
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler
 
-    from lthdiff.sampling import sample
+    from lthdiff.evaluation import sample
 
     n, steps, seed = 6, 5, 11
     ours = sample(micro_unet, n, sampler="ddim", steps=steps, seed=seed, progress=False)
@@ -99,7 +99,7 @@ def test_ddim_sampling_equals_diffusers_ddim_pipeline(micro_unet):
 
 def test_tests_run_offline():
     """The suite's own guarantee: "auto" resolves to the offline extractor without probing a host."""
-    from lthdiff.metrics import fidelity
+    from lthdiff.evaluation.metrics import fidelity
 
     assert not fidelity.inception_available() and fidelity.resolve_extractor("auto", channels=1) == "lthdiff-digits"
     assert fidelity.online.cache_info().misses == 0  # the 2 s connection probe never ran

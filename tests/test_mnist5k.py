@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lthdiff.data import load_dataset
-from lthdiff.mnist5k import N_TEST, N_TRAIN, _raw, split_indices
+from lthdiff.data.mnist5k import N_TEST, N_TRAIN, _raw, split_indices
 
 
 @pytest.mark.parametrize("size", [28, 32])

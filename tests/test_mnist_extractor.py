@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from lthdiff.data import load_dataset, to_uint8
-from lthdiff.metrics import evaluate, fid, resolve_extractor
-from lthdiff.metrics import mnist_extractor as M
+from lthdiff.evaluation import evaluate, fid, resolve_extractor
+from lthdiff.evaluation.metrics import mnist_extractor as M
 
 MNIST = "lthdiff-mnist"
 
@@ -14,7 +14,7 @@ def test_is_an_accurate_mnist_classifier_on_the_held_out_split():
     te = load_dataset("mnist5k", image_size=28, split="test")
     acc = float((net(te.tensors).argmax(1) == te.labels).float().mean())
     assert acc >= 0.98
-    from lthdiff.io import load_tensors
+    from lthdiff.store import load_tensors
 
     _, meta = load_tensors(M.weights_path())
     assert meta["test_accuracy"] == pytest.approx(acc, abs=1e-6)  # the recorded number is the measured one
@@ -81,7 +81,7 @@ def test_a_tensor_or_dataset_reference_with_reference_n_is_a_seeded_random_subse
     """reference_n picks a random subset (fixed seed), never the first n images: on images sorted by
     class the first 300 are three digits, and their FID against a mixed sample would be huge."""
     from lthdiff.data import TensorImageDataset
-    from lthdiff.metrics.fidelity import _subset
+    from lthdiff.evaluation.metrics.fidelity import _subset
 
     ds = load_dataset("mnist5k", image_size=32, split="train", labels=True)
     order = torch.argsort(torch.stack([ds[i][1] for i in range(len(ds))]), stable=True)

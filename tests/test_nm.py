@@ -10,7 +10,7 @@ from torch import nn
 
 from lthdiff import masks as M
 from lthdiff import pruners
-from lthdiff.imp import run_imp
+from lthdiff.lottery import run_imp
 from lthdiff.models import unet
 
 
@@ -179,7 +179,7 @@ def test_run_imp_rejects_bad_pattern(tmp_path, small_digits):
 
 
 def test_semi_structured_says_it_needs_a_gpu():
-    from lthdiff.semi_structured import is_24, to_semi_structured, unavailable_reason
+    from lthdiff.pruners.semi_structured import is_24, to_semi_structured, unavailable_reason
 
     assert is_24(torch.tensor([[1.0, 0, 2, 0, 0, 0, 3, 4]]))
     assert not is_24(torch.tensor([[1.0, 1, 2, 0]]))

@@ -57,7 +57,7 @@ def _controls(nb: Path) -> dict[str, object]:
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_quick_and_full_runs_never_share_a_directory(nb, monkeypatch):
-    from lthdiff.widgets import sized
+    from lthdiff.reporting.widgets import sized
 
     specs = {k: v for k, v in _controls(nb).items() if k in ("run_dir", "run_root", "dense_from")}
     assert specs, f"{nb.name}: no run directory control"

@@ -6,14 +6,14 @@ import torch
 
 from lthdiff import masks as M
 from lthdiff import pruners
-from lthdiff.metrics import paired
-from lthdiff.metrics.paired import paired_images
+from lthdiff.evaluation import paired
+from lthdiff.evaluation.metrics.paired_fidelity import paired_images
 
 
 @pytest.fixture(scope="module")
 def trained(small_digits):
     from lthdiff.models import unet
-    from lthdiff.train import train
+    from lthdiff.training import train
 
     model = unet("tiny", block_out_channels=(8, 16, 16), norm_num_groups=4, seed=0)
     return train(model, small_digits, 150, batch_size=32, seed=0, ema=False, progress=False).model
@@ -31,7 +31,7 @@ def test_pruned_scores_between_identical_and_untrained(trained):
     pruned = copy.deepcopy(trained)
     M.apply(pruned, pruners.magnitude(pruned, 0.3))
     untrained = unet("tiny", block_out_channels=(8, 16, 16), norm_num_groups=4, seed=1)
-    ref = __import__("lthdiff.sampling", fromlist=["sample"]).sample(trained, 16, steps=5, seed=0, progress=False)
+    ref = __import__("lthdiff.evaluation.sampling", fromlist=["sample"]).sample(trained, 16, steps=5, seed=0, progress=False)
     p = paired(ref, pruned, n=16, steps=5, seed=0, perceptual="lthdiff-digits-layers")
     u = paired(ref, untrained, n=16, steps=5, seed=0, perceptual="lthdiff-digits-layers")
     assert 1.0 > p["ssim"] > u["ssim"]

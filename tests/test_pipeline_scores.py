@@ -2,12 +2,12 @@
 import pytest
 
 from lthdiff.config import Config
-from lthdiff.imp import run_imp
-from lthdiff.metrics import evaluate
+from lthdiff.lottery import run_imp
+from lthdiff.evaluation import evaluate
 from lthdiff.models import unet
 from lthdiff.pipeline import evaluate_run
-from lthdiff.runs import IMPResult, read_metrics
-from lthdiff.sampling import sample
+from lthdiff.lottery import IMPResult, read_metrics
+from lthdiff.evaluation import sample
 
 
 def test_stored_fid_is_the_ema_weights_fid(tmp_path, small_digits):

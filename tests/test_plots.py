@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from lthdiff import plots
+from lthdiff.reporting import plots
 
 
 def _table():

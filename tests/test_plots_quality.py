@@ -4,8 +4,8 @@ import matplotlib
 matplotlib.use("Agg")
 import pytest
 
-from lthdiff import plots
-from lthdiff.verdict import aggregate
+from lthdiff.reporting import plots
+from lthdiff.evaluation import aggregate
 
 ROWS = [{"seed": s, "round": r, "sparsity": sp, "variant": v, "fid": f}
         for s in (0, 1)

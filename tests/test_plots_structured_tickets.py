@@ -1,4 +1,4 @@
-"""lthdiff.plots.structured_tickets: bars and error bars come from the recorded table."""
+"""lthdiff.reporting.plots.structured_tickets: bars and error bars come from the recorded table."""
 import json
 
 import matplotlib
@@ -6,7 +6,7 @@ import matplotlib
 matplotlib.use("Agg")
 import pytest  # noqa: E402
 
-from lthdiff.plots import close, structured_tickets  # noqa: E402
+from lthdiff.reporting import close, structured_tickets
 
 TABLE = [{"sparsity": 0.0, "variant": "dense", "fid_mean": 10.0, "fid_std": 1.0, "kid_mean": 0.1, "kid_std": 0.01},
          *({"sparsity": lv, "variant": arm, "fid_mean": 10 + 10 * lv + i, "fid_std": 0.5 + i, "kid_mean": 0.2,

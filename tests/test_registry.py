@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from lthdiff.registry import OVERALL, SCHEMA_VERSION, Registry, migrate
+from lthdiff.tracking import OVERALL, SCHEMA_VERSION, Registry, migrate
 
 LAYERS = ["conv_in.weight", "down_blocks.0.resnets.0.conv1.weight", "conv_out.weight"]
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from lthdiff import masks as M
-from lthdiff.io import write_json
-from lthdiff.registry import Registry
-from lthdiff.report import block_sparsity, build, main, screenshot
+from lthdiff.store import write_json
+from lthdiff.tracking import Registry
+from lthdiff.reporting import block_sparsity, build, main, screenshot
 
 SPARSITY = [0.0, 0.2, 0.36]
 CONTROLS = ("random_reinit", "random_mask")
@@ -36,7 +36,7 @@ def run_dir(tmp_path_factory):
     """Three rounds of a tiny UNet: random masks at 0/20/36 % sparsity, two controls, metrics in both
     accepted formats, sample grids for the tickets only, and an efficiency.json."""
     from lthdiff.models import unet
-    from lthdiff.sampling import image_grid
+    from lthdiff.evaluation import image_grid
 
     run = tmp_path_factory.mktemp("run")
     model = unet("tiny")
@@ -142,7 +142,7 @@ def test_cli_builds_registers_and_rejects_a_non_run(run_dir, tmp_path, capsys):
 
     assert main([str(tmp_path / "nowhere")]) == 2
     assert "no config.json" in capsys.readouterr().err
-    proc = subprocess.run([sys.executable, "-m", "lthdiff.report", "--help"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "lthdiff.reporting.report", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "RUN_DIR" in proc.stdout
 
 

@@ -13,9 +13,9 @@ import torch
 
 from lthdiff import masks as M
 from lthdiff import pruners
-from lthdiff.imp import run_imp
+from lthdiff.lottery import run_imp
 from lthdiff.models import load_model, unet
-from lthdiff.train import train
+from lthdiff.training import train
 
 KW = dict(block_out_channels=(8, 16, 16), norm_num_groups=4)
 STEPS, BATCH = 4, 16
@@ -114,7 +114,7 @@ def test_controls_under_late_rewinding_start_from_theta_k(tmp_path, small_digits
     """rewind="step:2": the ticket, random_mask and one_shot of round 2 each equal train(theta_2, their
     mask, T - 2) computed here; random_reinit equals train(the documented fresh init, the ticket's
     mask, T - 2) and differs from the ticket."""
-    from lthdiff.controls import reinit
+    from lthdiff.lottery import reinit
     from lthdiff.runtime import mix_seed
 
     res = _imp(small_digits, tmp_path, rounds=2, rewind="step:2",

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lthdiff.sampling import image_grid, pipeline, sample
+from lthdiff.evaluation import image_grid, pipeline, sample
 
 
 def test_shape_dtype_and_determinism(micro_unet):

@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from lthdiff.models import param_count, unet
-from lthdiff.pruners.structured import (IMPORTANCES, HSICImportance, config_macs, pruned_config, ratio_for_macs,
-                                        structured)
+from lthdiff.pruners.channels import IMPORTANCES, HSICImportance, config_macs, pruned_config, ratio_for_macs, structured
 
 X = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
 T = torch.tensor([3, 700])
@@ -143,7 +142,7 @@ def test_round_trip_through_diffusers_and_ddim(pruned, tmp_path):
 def test_pruned_model_trains_and_takes_an_unstructured_mask(pruned, data):
     from lthdiff import masks
     from lthdiff.pruners import magnitude
-    from lthdiff.train import train
+    from lthdiff.training import train
 
     model = copy.deepcopy(pruned["magnitude"][0])
     mask = magnitude(model, 0.5)
@@ -236,7 +235,7 @@ def test_data_driven_importance_needs_data_and_unknown_layers_are_named(tiny):
 
 def test_package_attribute_is_callable_after_the_module_is_imported(tiny):
     import lthdiff.pruners as P
-    import lthdiff.pruners.structured  # noqa: F401  binds P.structured to the module
+    import lthdiff.pruners.channels  # noqa: F401  binds P.structured to the module
 
     for _ in range(2):
         assert P.structured(tiny, 0.5).config.block_out_channels == (16, 24, 24)

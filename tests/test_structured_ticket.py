@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from lthdiff.models import unet
-from lthdiff.pruners.structured import (ARMS, StructuredArms, rewind_structured, structured, ticket)
-from lthdiff.pruners.structured.structure import unet_config
-from lthdiff.pruners.structured.tickets import fresh
+from lthdiff.pruners.channels import ARMS, StructuredArms, rewind_structured, structured, ticket
+from lthdiff.pruners.channels.structure import unet_config
+from lthdiff.pruners.channels.tickets import fresh
 
 RATIO = [0.5, 0.5, 0.5]
 TIME = dict(time_embedding_ratio=0.5, progress=False)  # also prune the time-embedding MLP

@@ -12,12 +12,12 @@ from lthdiff import masks as M
 from lthdiff.bench import quality as Q
 from lthdiff.bench import records as R
 from lthdiff.data import load_dataset
-from lthdiff.imp import run_imp
-from lthdiff.io import CorruptFileError
+from lthdiff.lottery import run_imp
+from lthdiff.store import CorruptFileError
 from lthdiff.models import unet
-from lthdiff.runs import IMPResult, RoundInfo
-from lthdiff.tasks import make_scheduler
-from lthdiff.train import loss_at_start, train
+from lthdiff.lottery import IMPResult, RoundInfo
+from lthdiff.training import make_scheduler
+from lthdiff.training import loss_at_start, train
 
 SETTINGS = {"dataset": "digits", "image_size": 16, "preset": "tiny", "steps": 40, "batch_size": 32, "lr": 1e-3,
             "schedule": [0.5, 0.75], "rewind": "init", "controls": ["random_reinit"], "n": 2000, "sample_steps": 10,

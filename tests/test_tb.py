@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from lthdiff import tb
-from lthdiff.imp import run_imp
+from lthdiff.tracking import tb
+from lthdiff.lottery import run_imp
 
 
 def _events(run_dir):
@@ -18,7 +18,7 @@ def test_run_imp_and_log_eval_write_events(small_digits, micro_unet, tmp_path):
     run = tmp_path / "run"
     res = run_imp(micro_unet, small_digits, rounds=1, steps_per_round=6, run_dir=run, batch_size=16,
                   controls=("random_reinit",), checkpoint_every=100, progress=False)
-    from lthdiff.sampling import image_grid, sample
+    from lthdiff.evaluation import image_grid, sample
 
     r1 = res.rounds[1]
     image_grid(sample(r1.load_model(), 4, steps=2, progress=False)).save(r1.dir / "samples.png")

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from lthdiff.data import TensorImageDataset
-from lthdiff.io import CorruptFileError
-from lthdiff.train import load_checkpoint, train
+from lthdiff.store import CorruptFileError
+from lthdiff.training import load_checkpoint, train
 
 
 def _state(m):

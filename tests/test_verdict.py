@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from lthdiff.io import write_json
-from lthdiff.verdict import headline, headline_text, matching_sparsity, quality_metric, rows_from_runs
+from lthdiff.store import write_json
+from lthdiff.evaluation import headline, headline_text, matching_sparsity, quality_metric, rows_from_runs
 
 DENSE = {0: 10.0, 1: 12.0, 2: 14.0}            # mean 12, sample std 2 -> matching bound 14
 TICKET = {0.5: {0: 9.0, 1: 12.0, 2: 13.0},     # mean 11.33: matches

@@ -1,6 +1,6 @@
 import pytest
 
-from lthdiff.widgets import controls
+from lthdiff.reporting.widgets import controls
 
 
 def test_controls_values_and_quick(monkeypatch):
@@ -18,7 +18,7 @@ def test_controls_values_and_quick(monkeypatch):
 
 
 def test_sized_controls_follow_mode_and_machine(monkeypatch):
-    import lthdiff.widgets as W
+    import lthdiff.reporting.widgets as W
 
     spec = {"gpu": 4000, "cpu": 2000, "quick": 30}
     monkeypatch.setenv("LTHDIFF_QUICK", "1")
@@ -38,7 +38,7 @@ def test_with_static_carries_a_png_and_no_plotly_js():
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from lthdiff import plots
+    from lthdiff.reporting import plots
 
     table = pd.DataFrame({"sparsity": [0.0, 0.5, 0.5], "variant": ["ticket", "ticket", "random_reinit"],
                           "fid": [3.0, 2.0, 4.0]})

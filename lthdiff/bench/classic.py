@@ -26,10 +26,10 @@ def _run_seed(cfg: dict[str, Any], seed: int, work: str, progress: bool) -> tupl
     """IMP for one seed, then the test accuracy of every network (one row each) and the training seconds."""
     import torch
 
-    from .. import analysis as A
-    from .. import classifiers as CL
-    from .. import data as D
-    from ..imp import run_imp
+    from lthdiff.evaluation import analysis as A
+    from lthdiff.models import classifiers as CL
+    from lthdiff import data as D
+    from lthdiff.lottery.imp import run_imp
 
     torch.set_num_threads(1)
     train = D.load_labelled(cfg["dataset"], cfg["image_size"], "train")
@@ -103,8 +103,8 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from ..plots import plot_accuracy
-    from ..io import atomic_path
+    from lthdiff.reporting.plots import plot_accuracy
+    from lthdiff.store.io import atomic_path
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plot_accuracy(pd.DataFrame(rows), ax=ax, title=title)

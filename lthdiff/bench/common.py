@@ -8,9 +8,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ..io import write_json
-from ..io import atomic_path
-from ..metrics.efficiency import median_time  # noqa: F401 - benchmarks time with the library's clock
+from lthdiff.store.io import write_json
+from lthdiff.store.io import atomic_path
+from lthdiff.evaluation.metrics.efficiency import median_time
 
 
 def machine() -> dict[str, Any]:

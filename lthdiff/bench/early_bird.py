@@ -60,10 +60,10 @@ def summarize(rows: list[dict[str, Any]], fid_tolerance: float = FID_TOLERANCE,
 
 def _score(info: Any, args: argparse.Namespace, seed: int, extractor: str) -> dict[str, float]:
     """FID/KID of a trained network's EMA weights, cached in its ``metrics.json`` by settings."""
-    from ..io import read_json
-    from ..metrics import evaluate
-    from ..runs import write_metrics
-    from ..sampling import image_grid, sample
+    from lthdiff.store.io import read_json
+    from lthdiff.evaluation.metrics import evaluate
+    from lthdiff.lottery.runs import write_metrics
+    from lthdiff.evaluation.sampling import image_grid, sample
 
     settings = {"n": args.n, "sampler": "ddim", "steps": args.sample_steps, "feature_extractor": extractor,
                 "seed": seed}
@@ -81,12 +81,12 @@ def _score(info: Any, args: argparse.Namespace, seed: int, extractor: str) -> di
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """IMP ticket and early-bird ticket for one seed, trained (resumably) and scored; one result row."""
-    from .. import early_bird
-    from .. import masks as M
-    from ..data import load_dataset
-    from ..imp import run_imp
-    from ..metrics.fidelity import resolve_extractor
-    from ..models import unet
+    from lthdiff.lottery import early_bird
+    from lthdiff import masks as M
+    from lthdiff.data.datasets import load_dataset
+    from lthdiff.lottery.imp import run_imp
+    from lthdiff.evaluation.metrics.fidelity import resolve_extractor
+    from lthdiff.models.unets import unet
 
     ds = load_dataset(args.dataset, image_size=args.image_size)
     ch = ds[0].shape[0]

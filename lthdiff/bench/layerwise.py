@@ -5,8 +5,8 @@ For each target sparsity (default 90 % and 95 %), allocation rule (``uniform``, 
 the same geometric schedule ``1 - (1 - target)^(r/R)`` over ``--rounds`` rounds, rewinding to
 5 % of training as Jiang et al. 2023 (Sec. 3) do, and reports for the final ticket: the mean
 training loss of its last steps, a held-out loss (same noise for every ticket), effective MACs
-(:func:`lthdiff.metrics.efficiency.macs`: each conv/linear counted at its weight density) and,
-with ``--n-fid``, FID (:func:`lthdiff.metrics.fid`, offline digits extractor).  The dense round 0 is trained once per seed and shared by all rules.
+(:func:`lthdiff.evaluation.metrics.efficiency.macs`: each conv/linear counted at its weight density) and,
+with ``--n-fid``, FID (:func:`lthdiff.evaluation.metrics.fid`, offline digits extractor).  The dense round 0 is trained once per seed and shared by all rules.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ RULES = ("uniform", "global", "jiang2023", "erk")
 @torch.no_grad()
 def heldout_loss(model: nn.Module, dataset, batches: int = 4, batch_size: int = 128, seed: int = 1234) -> float:
     """DDPM L_simple (Ho et al. 2020, Eq. 14) on ``dataset`` with fixed noise and timesteps."""
-    from ..tasks import DiffusionTask
+    from lthdiff.training.tasks import DiffusionTask
 
     task = DiffusionTask()
     device = next(model.parameters()).device
@@ -45,8 +45,8 @@ def heldout_loss(model: nn.Module, dataset, batches: int = 4, batch_size: int = 
 
 
 def _fid(model: nn.Module, n: int, seed: int) -> float:
-    """FID of ``n`` DDIM samples against the digits training set (:func:`lthdiff.metrics.fid`)."""
-    from ..metrics import fid
+    """FID of ``n`` DDIM samples against the digits training set (:func:`lthdiff.evaluation.metrics.fid`)."""
+    from lthdiff.evaluation.metrics import fid
 
     return float(fid(model, "digits", n=n, seed=seed, progress=False))
 
@@ -56,9 +56,9 @@ def _schedule(target: float, rounds: int) -> list[float]:
 
 
 def run_one(args: argparse.Namespace, target: float, rule: str, seed: int, ds, test) -> dict[str, Any]:
-    from ..imp import run_imp
-    from ..metrics.efficiency import macs
-    from ..models import unet
+    from lthdiff.lottery.imp import run_imp
+    from lthdiff.evaluation.metrics.efficiency import macs
+    from lthdiff.models.unets import unet
 
     root = Path(args.out) / "runs" / "layerwise"
     run_dir = root / f"{args.preset}{args.width or ''}_t{target:g}_{rule}_r{args.rounds}_s{args.steps}_seed{seed}"
@@ -127,7 +127,7 @@ def main(argv: list[str]) -> int:
         chans = tuple(int(c) for c in args.width.split(","))
         args.overrides = {"block_out_channels": chans, "norm_num_groups": min(8, chans[0] // 2)}
 
-    from ..data import load_dataset
+    from lthdiff.data.datasets import load_dataset
 
     ds = load_dataset("digits", image_size=16)
     test = load_dataset("digits", image_size=16, split="test")

@@ -1,6 +1,6 @@
 """Masked vs dense training speed: ``python -m lthdiff.bench masked-training``.
 
-Times :func:`lthdiff.train.train` on the same model and data with and without a 90%-sparse
+Times :func:`lthdiff.training.loop.train` on the same model and data with and without a 90%-sparse
 mask, alternating the two so machine noise hits both, and reports the ratio of median time per
 step (target <= 1.05: enforcing the mask must cost almost nothing).
 """
@@ -11,8 +11,8 @@ import statistics
 
 import torch
 
-from ..data import TensorImageDataset, load_dataset
-from ..models import unet
+from lthdiff.data.datasets import TensorImageDataset, load_dataset
+from lthdiff.models.unets import unet
 from .common import markdown_table, write_results
 
 
@@ -26,8 +26,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", default="bench_results")
     args = ap.parse_args(argv)
 
-    from .. import pruners
-    from ..train import train
+    from lthdiff import pruners
+    from lthdiff.training.loop import train
 
     model = unet(args.preset, seed=0)
     size, ch = model.config.sample_size, model.config.in_channels

@@ -32,8 +32,8 @@ trained weights, recorded with only their kept values (``weights_r00.safetensors
 
 ``--aggregate DIR [--out OUT]`` builds ``<name>.md``/``<name>.json`` from the records alone (in DIR by
 default): per sparsity FID/KID mean +- std, FID / dense per seed, seeds won against each control and
-against prune-and-continue, the matching sparsity (:func:`lthdiff.verdict.matching_sparsity`), the
-convergence check and the loss at init (:func:`lthdiff.analysis.loss_at_start`).
+against prune-and-continue, the matching sparsity (:func:`lthdiff.evaluation.verdict.matching_sparsity`), the
+convergence check and the loss at init (:func:`lthdiff.evaluation.analysis.loss_at_start`).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..verdict import aggregate, matching_sparsity, summarize
+from lthdiff.evaluation.verdict import aggregate, matching_sparsity, summarize
 from . import records as R
 from .common import RECORDED, markdown_table, write_results
 
@@ -118,9 +118,9 @@ class _Seed:
     """What every network of one seed needs: settings, dataset, theta_0, folders."""
 
     def __init__(self, settings: dict[str, Any], seed: int, record_dir: Path, run_dir: Path) -> None:
-        from ..data import load_dataset
-        from ..io import tensors_digest
-        from ..models import unet
+        from lthdiff.data.datasets import load_dataset
+        from lthdiff.store.io import tensors_digest
+        from lthdiff.models.unets import unet
 
         self.settings, self.seed, self.record_dir, self.run_dir = settings, seed, record_dir, run_dir
         self.ds = load_dataset(settings["dataset"], image_size=settings["image_size"])
@@ -135,7 +135,7 @@ class _Seed:
                              checkpoint_every=CHECKPOINT_EVERY)
 
     def mask(self, r: int, arm: str = "ticket"):
-        from .. import masks as M
+        from lthdiff import masks as M
 
         if r == 0:
             return M.ones(self.theta0)
@@ -147,7 +147,7 @@ class _Seed:
 
 
 def _ema_from_checkpoint(template: Any, state: dict[str, Any]) -> Any:
-    """The EMA weights held by a training checkpoint of :func:`lthdiff.train.train`."""
+    """The EMA weights held by a training checkpoint of :func:`lthdiff.training.loop.train`."""
     from diffusers.training_utils import EMAModel
 
     model = copy.deepcopy(template)
@@ -161,7 +161,7 @@ def _ema_from_checkpoint(template: Any, state: dict[str, Any]) -> Any:
 def _keep_checkpoint(src: Path, kept: Path) -> None:
     """Copy the latest checkpoint of ``src`` into ``kept`` (as a resumable checkpoint folder), keeping
     the ones already there: round 0's checkpoints at T/2 and T outlive the round's own ``ckpt/``."""
-    from ..io import read_json, write_json
+    from lthdiff.store.io import read_json, write_json
 
     info = read_json(src / "latest.json")
     kept.mkdir(parents=True, exist_ok=True)
@@ -179,10 +179,10 @@ def _kept(kept: Path, step: int | None = None) -> Path | None:
 
 
 def _resume_folder(ckpt: Path, dst: Path) -> None:
-    """A training checkpoint folder (``latest.json`` + file) that :func:`lthdiff.train.train` resumes."""
+    """A training checkpoint folder (``latest.json`` + file) that :func:`lthdiff.training.loop.train` resumes."""
     import hashlib
 
-    from ..io import write_json
+    from lthdiff.store.io import write_json
 
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ckpt, dst / ckpt.name)
@@ -194,9 +194,9 @@ def _resume_folder(ckpt: Path, dst: Path) -> None:
 
 def _train_dense(s: _Seed, rdir: Path) -> None:
     """Round 0, stopping at T/2 to keep that checkpoint (resuming equals an uninterrupted run)."""
-    from .. import masks as M
-    from ..runs import write_round
-    from ..train import train
+    from lthdiff import masks as M
+    from lthdiff.lottery.runs import write_round
+    from lthdiff.training.loop import train
 
     steps, kept = s.settings["steps"], s.run_dir / "round00_ckpt_kept"
     mask = M.ones(s.theta0)
@@ -211,14 +211,14 @@ def _train_dense(s: _Seed, rdir: Path) -> None:
 
 def _network(s: _Seed, r: int, variant: str) -> dict[str, Any]:
     """Train (or reuse) one network; returns what its record needs besides the scores."""
-    from .. import masks as M
-    from .. import pruners
-    from ..train import loss_at_start
-    from ..controls import CONTROLS, RoundContext
-    from ..io import read_json, tensors_digest
-    from ..models import load_model
-    from ..runs import RoundInfo, write_round
-    from ..train import load_checkpoint, train
+    from lthdiff import masks as M
+    from lthdiff import pruners
+    from lthdiff.training.loop import loss_at_start
+    from lthdiff.lottery.controls import CONTROLS, RoundContext
+    from lthdiff.store.io import read_json, tensors_digest
+    from lthdiff.models.unets import load_model
+    from lthdiff.lottery.runs import RoundInfo, write_round
+    from lthdiff.training.loop import load_checkpoint, train
 
     steps = s.settings["steps"]
     extra: dict[str, Any] = {}
@@ -299,7 +299,7 @@ def _network(s: _Seed, r: int, variant: str) -> dict[str, Any]:
 
 
 def _from_dir(info: Any, start: Any, mask: Any) -> dict[str, Any]:
-    from ..runs import read_losses
+    from lthdiff.lottery.runs import read_losses
 
     return {"ema": info.load_model(ema=True), "mask": mask, "losses": read_losses(info), "steps": info.summary["steps"],
             "seconds": info.seconds, "start": start, "extra": {}}
@@ -307,8 +307,8 @@ def _from_dir(info: Any, start: Any, mask: Any) -> dict[str, Any]:
 
 def _score(s: _Seed, ema: Any) -> dict[str, float]:
     """FID/KID of the network's EMA samples against the train split and against the test split."""
-    from ..metrics import evaluate
-    from ..sampling import sample
+    from lthdiff.evaluation.metrics import evaluate
+    from lthdiff.evaluation.sampling import sample
 
     st = s.settings
     images = sample(ema, st["n"], sampler="ddim", steps=st["sample_steps"], seed=s.seed, batch_size=500,
@@ -329,9 +329,9 @@ def run_network(s: _Seed, r: int, variant: str) -> dict[str, Any]:
     """Train (or reuse), score and record one network of one seed; returns its row."""
     import torch
 
-    from .. import masks as M
-    from ..train import loss_at_start
-    from ..runs import final_loss
+    from lthdiff import masks as M
+    from lthdiff.training.loop import loss_at_start
+    from lthdiff.lottery.runs import final_loss
 
     t0 = time.perf_counter()
     net = _network(s, r, variant)
@@ -522,7 +522,7 @@ def study_summary(agg: dict[str, Any]) -> str:
 def update_readme(path: str | Path, summary: str, tag: str = "study") -> Path:
     """Replace the text between ``<!-- tag -->`` and ``<!-- /tag -->`` in ``path`` with ``summary``
     (atomically; everything else is kept byte for byte)."""
-    from ..io import atomic_path
+    from lthdiff.store.io import atomic_path
 
     path = Path(path)
     text = path.read_text()
@@ -537,7 +537,7 @@ def update_readme(path: str | Path, summary: str, tag: str = "study") -> Path:
 
 # --------------------------------------------------------------------------- CLI
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    from ..imp import sparsity_schedule
+    from lthdiff.lottery.imp import sparsity_schedule
 
     sched = list(args.sparsities) if args.sparsities else sparsity_schedule(args.rounds, args.prune_per_round)
     return {"dataset": args.dataset, "image_size": args.image_size, "preset": args.preset, "steps": args.steps,

@@ -11,7 +11,7 @@ stop loses at most one network and any machine holding the repository continues 
 * ``mask_r<RR>.npz`` - the mask round RR trains (bit-packed, one array per layer, with its digest):
   theta_0 comes from the seed, so the masks *are* the tickets and the chain continues from them;
 * ``weights_r00.safetensors``, ``weights_continue_r<RR>.safetensors`` - for the chain that does not
-  rewind (prune and continue), the trained weights the next round starts from, only the kept ones (:func:`lthdiff.io.save_tensors` of the
+  rewind (prune and continue), the trained weights the next round starts from, only the kept ones (:func:`lthdiff.store.io.save_tensors` of the
   values at the mask's positions).
 
 :func:`aggregate_records` turns the records alone into the study's table; it refuses seeds whose
@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from ..io import read_json, save_tensors, load_tensors, tensors_digest, write_json, write_with
+from lthdiff.store.io import read_json, save_tensors, load_tensors, tensors_digest, write_json, write_with
 
 __all__ = ["SETTINGS_KEYS", "network_name", "write_settings", "read_settings", "write_network", "read_networks",
            "save_mask", "load_mask", "save_kept_weights", "load_kept_weights", "seed_dirs", "check_same_settings",
@@ -117,7 +117,7 @@ def check_same_settings(settings: Iterable[Mapping[str, Any]]) -> dict[str, Any]
 # --------------------------------------------------------------------------- masks and weights
 def save_mask(path: str | Path, mask: Mapping[str, torch.Tensor]) -> Path:
     """A bool mask as bit-packed arrays (``np.packbits``, 1 bit a weight) in one ``.npz``, atomically,
-    with the layer order, the shapes and :func:`lthdiff.io.tensors_digest` of the mask."""
+    with the layer order, the shapes and :func:`lthdiff.store.io.tensors_digest` of the mask."""
     arrays: dict[str, np.ndarray] = {}
     meta = {"order": list(mask), "shapes": {k: list(v.shape) for k, v in mask.items()},
             "digest": tensors_digest(mask)}
@@ -136,7 +136,7 @@ def save_mask(path: str | Path, mask: Mapping[str, torch.Tensor]) -> Path:
 
 def load_mask(path: str | Path) -> dict[str, torch.Tensor]:
     """A mask written by :func:`save_mask`, checked against its recorded digest."""
-    from ..io import CorruptFileError
+    from lthdiff.store.io import CorruptFileError
 
     path = Path(path)
     if not path.exists():

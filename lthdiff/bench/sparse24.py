@@ -6,7 +6,7 @@ with random weights: speed does not depend on the values) gets its ``nn.Linear``
 by magnitude (:func:`lthdiff.pruners.magnitude`, ``pattern="2:4"``), then, in half precision:
 (1) every distinct linear shape is timed as ``F.linear`` on its real input rows (attention layers: batch x
 tokens at their resolution; time-embedding layers: batch rows), dense vs semi-structured; (2) the whole
-UNet forward pass, dense vs with the linear layers converted (:func:`lthdiff.semi_structured.to_semi_structured`).
+UNet forward pass, dense vs with the linear layers converted (:func:`lthdiff.pruners.semi_structured.to_semi_structured`).
 Median of ``--repeats`` CUDA-synchronised timings.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", default="bench_results")
     ap.add_argument("--name", default="sparse24")
     args = ap.parse_args(argv)
-    from ..semi_structured import unavailable_reason
+    from lthdiff.pruners.semi_structured import unavailable_reason
 
     reason = unavailable_reason()
     if reason is not None:
@@ -35,10 +35,10 @@ def main(argv: list[str]) -> int:
     import torch.nn.functional as F
     from torch.sparse import to_sparse_semi_structured
 
-    from .. import masks as M
-    from .. import pruners
-    from ..models import unet
-    from ..semi_structured import to_semi_structured
+    from lthdiff import masks as M
+    from lthdiff import pruners
+    from lthdiff.models.unets import unet
+    from lthdiff.pruners.semi_structured import to_semi_structured
 
     model = unet("ddpm-cifar10", seed=0).eval()
     linear = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}

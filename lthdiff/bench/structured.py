@@ -1,14 +1,14 @@
 """Structured pruning of a trained UNet: ``python -m lthdiff.bench structured``.
 
 Trains a dense ``tiny`` UNet on digits (or loads ``--dense``), then for each target MAC reduction
-(default 30 / 50 / 70 %) finds the channel ratios (:func:`lthdiff.pruners.structured.ratio_for_macs`,
+(default 30 / 50 / 70 %) finds the channel ratios (:func:`lthdiff.pruners.channels.ratio_for_macs`,
 one per level by default: widths move in GroupNorm steps of 8, so one uniform ratio overshoots),
 prunes the EMA weights with each importance, fine-tunes ``--finetune-steps`` and reports:
 
 * exact MACs and parameters, and the reduction actually reached (widths come in GroupNorm steps);
 * sampling latency pruned / dense, measured in this process with dense and pruned timed alternately
   (DDIM, ``--latency-steps`` steps, batch 1 and ``--latency-batch``), on the GPU when there is one;
-* FID of ``--n`` DDIM samples against the digits training set (:func:`lthdiff.metrics.fid`; the
+* FID of ``--n`` DDIM samples against the digits training set (:func:`lthdiff.evaluation.metrics.fid`; the
   offline digits extractor unless Inception weights are available), before and after fine-tuning.
 
 Baselines: the dense model fine-tuned for the same extra steps, and (``--controls scratch``) the
@@ -26,14 +26,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..widgets import is_quick
+from lthdiff.reporting.widgets import is_quick
 from .common import markdown_table, write_results
 
 
 def latency_ratio(dense: nn.Module, pruned: nn.Module, *, batch_size: int, steps: int,
                   repeats: int) -> dict[str, float]:
     """Median DDIM sampling time of ``pruned`` and ``dense``, timed alternately; and their ratio."""
-    from ..sampling import sample
+    from lthdiff.evaluation.sampling import sample
 
     cuda = next(dense.parameters()).is_cuda
     times: dict[str, list[float]] = {"dense": [], "pruned": []}
@@ -85,11 +85,11 @@ def main(argv: list[str]) -> int:
         args.scan_timesteps = 8
         args.latency_steps, args.latency_batch, args.repeats, args.importance_batches = 2, 8, 2, 1
 
-    from ..data import load_dataset
-    from ..metrics import fid
-    from ..models import from_pretrained, unet
-    from ..pruners.structured import config_macs, pruned_config, ratio_for_macs, structured
-    from ..train import train
+    from lthdiff.data.datasets import load_dataset
+    from lthdiff.evaluation.metrics import fid
+    from lthdiff.models.unets import from_pretrained, unet
+    from lthdiff.pruners.channels import config_macs, pruned_config, ratio_for_macs, structured
+    from lthdiff.training.loop import train
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ds = load_dataset("digits", image_size=16)

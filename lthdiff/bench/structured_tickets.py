@@ -2,8 +2,8 @@
 
 For each seed: train the dense ``tiny`` UNet ``--steps`` T steps on digits 16 px from theta_0 =
 ``unet("tiny", seed)``; for each target MAC reduction (default 50 and 75 %, ratios from
-:func:`lthdiff.pruners.structured.ratio_for_macs`, one per level) prune its EMA weights with one
-``--importance`` and build the three arms of :func:`lthdiff.pruners.structured.ticket` at that
+:func:`lthdiff.pruners.channels.ratio_for_macs`, one per level) prune its EMA weights with one
+``--importance`` and build the three arms of :func:`lthdiff.pruners.channels.ticket` at that
 small architecture: **ticket** (theta_0 at the kept channels), **scratch** (the architecture freshly
 initialised, Liu et al. 2019) and **fine-tune** (the pruned trained weights, as Diff-Pruning); train
 each arm T steps (same budget, data order and lr as the dense run).  FID/KID of every network (EMA
@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..runtime import is_quick
-from ..verdict import aggregate, ticket_vs_control
+from lthdiff.runtime import is_quick
+from lthdiff.evaluation.verdict import aggregate, ticket_vs_control
 from .common import markdown_table, write_results
 from .structured import latency_ratio
 
@@ -48,9 +48,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _scored(directory: Path, settings: dict[str, Any], model: Any, args: argparse.Namespace, seed: int) -> dict:
     """FID/KID of ``model``, cached in ``directory/metrics.json`` under ``settings``."""
-    from ..io import read_json
-    from ..metrics import evaluate
-    from ..runs import write_metrics
+    from lthdiff.store.io import read_json
+    from lthdiff.evaluation.metrics import evaluate
+    from lthdiff.lottery.runs import write_metrics
 
     path = directory / "metrics.json"
     if path.exists():
@@ -65,9 +65,9 @@ def _scored(directory: Path, settings: dict[str, Any], model: Any, args: argpars
 
 def run_seed(args: argparse.Namespace, seed: int, ds: Any, ratios: dict[float, Any]) -> tuple[list[dict], dict]:
     """Dense + three arms per MAC level for one seed: rows, and the seed's models for latency."""
-    from ..models import unet
-    from ..pruners.structured import ARMS, ticket
-    from ..train import train
+    from lthdiff.models.unets import unet
+    from lthdiff.pruners.channels import ARMS, ticket
+    from lthdiff.training.loop import train
 
     root = Path(args.run_root) / f"seed_{seed}"
     settings = {"n": args.n, "sample_steps": args.sample_steps, "seed": seed, "steps": args.steps}
@@ -164,9 +164,9 @@ def main(argv: list[str]) -> int:
         ap.error(f"--steps >= 1, --n >= 2 and --reductions in (0, 1) needed; got {args.steps}, {args.n}, "
                  f"{args.reductions}")
 
-    from ..data import load_dataset
-    from ..models import unet
-    from ..pruners.structured import ratio_for_macs
+    from lthdiff.data.datasets import load_dataset
+    from lthdiff.models.unets import unet
+    from lthdiff.pruners.channels import ratio_for_macs
 
     t0 = time.perf_counter()
     ds = load_dataset("digits", image_size=16)

@@ -196,7 +196,7 @@ def _eligible(model: nn.Module, mask: Mask | None, include: Any, exclude: Any,
                 raise ValueError(f"mask for {n!r} has shape {tuple(mask[n].shape)}, parameter has "
                                  f"{tuple(params[n].shape)}")
         return names
-    from ..masks import prunable
+    from lthdiff.masks.core import prunable
 
     return list(prunable(model, include=include, exclude=exclude))
 
@@ -400,7 +400,7 @@ def unit_order(model: nn.Module, names: Sequence[str], unit: str = "block") -> l
     ordered = forward_order(model, names)
     if unit == "layer":
         return [[n] for n in ordered]
-    from ..masks import block_of
+    from lthdiff.masks.core import block_of
 
     groups: dict[str, list[str]] = {}
     for n in ordered:
@@ -424,7 +424,7 @@ def _groups(model: nn.Module, names: Sequence[str], unit: str, order: str, simil
 def _unit_name(group: Sequence[str], unit: str) -> str:
     if unit == "layer":
         return group[0]
-    from ..masks import block_of
+    from lthdiff.masks.core import block_of
 
     return block_of(group[0])
 
@@ -436,7 +436,7 @@ def _unit_similarity(groups: list[list[str]], unit: str, similarity: Mapping[str
         if reference_masks is None or len(reference_masks) < 2:
             raise ValueError("rule 'jiang2023' with order='similarity' needs similarity={unit: value} or "
                              "reference_masks=[mask, mask, ...] (at least two tickets from different runs)")
-        from ..masks import mask_similarity
+        from lthdiff.masks.core import mask_similarity
 
         similarity = mask_similarity(reference_masks, by=unit)["jaccard"].to_dict()
     missing = [k for k in keys if k not in similarity or not math.isfinite(float(similarity[k]))]

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .. import masks as M
+from lthdiff import masks as M
 
 __all__ = ["magnitude", "random", "random_like"]
 

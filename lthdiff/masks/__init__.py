@@ -1,0 +1,13 @@
+"""Masks, ``{parameter name: bool tensor}`` (True = kept): build, apply, count, report, compare, save; N:M patterns."""
+
+from . import nm
+from .nm import check_nm, nm_eligible, nm_groups, nm_ungroup, nm_violations, parse_nm
+from . import core
+from .core import (Mask, apply, block_of, chance_jaccard, check_by, count, from_torch_prune, kind_of, load,
+                   mask_similarity, ones, prunable, report, save, similarity, sparsity, stage_of,
+                   to_torch_prune, validate)
+
+__all__ = ["nm", "check_nm", "nm_eligible", "nm_groups", "nm_ungroup", "nm_violations", "parse_nm", "core",
+           "Mask", "apply", "block_of", "chance_jaccard", "check_by", "count", "from_torch_prune", "kind_of",
+           "load", "mask_similarity", "ones", "prunable", "report", "save", "similarity", "sparsity",
+           "stage_of", "to_torch_prune", "validate"]

@@ -1,0 +1,199 @@
+"""Figures of recorded results: classic LTH accuracy curves (Frankle & Carbin 2019, Fig. 1/3), ticket
+quality vs sparsity over seeds, early-bird mask distances (You et al. 2020), structured tickets per arm.
+Re-exported by :mod:`lthdiff.reporting.plots`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .figure_base import axes as _axes
+
+__all__ = ["plot_accuracy", "quality_vs_sparsity", "classic_accuracy", "mask_distance_curve", "structured_tickets"]
+
+
+def plot_accuracy(df, ax=None, variants: Sequence[str] | None = None, title: str | None = None):
+    """Accuracy vs fraction of weights remaining (log x, decreasing), one line per variant.
+
+    ``df`` holds :func:`imp_accuracy` rows, optionally for several seeds (a ``seed`` column):
+    lines are the mean over seeds with +-1 std error bars, as Frankle & Carbin 2019, Fig. 1/3.
+    Returns the matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+
+    labels = {"ticket": "winning ticket (rewind)", "random_reinit": "random reinit", "random_mask": "random mask"}
+    if variants is None:  # ticket first, then the controls, whatever order the rows came in
+        present = list(dict.fromkeys(df["variant"]))
+        variants = [v for v in labels if v in present] + [v for v in present if v not in labels]
+    dense = df[df["round"] == 0]
+    for v in variants:
+        part = df[df["variant"] == v]
+        if v != "ticket":  # every control starts from the same dense network (round 0)
+            part = pd.concat([dense, part])
+        g = part.groupby("round").agg(remaining=("remaining", "mean"), mean=("accuracy", "mean"),
+                                      std=("accuracy", "std")).fillna(0.0)
+        ax.errorbar(g["remaining"] * 100, g["mean"] * 100, yerr=g["std"] * 100, marker="o", ms=3,
+                    capsize=3, label=labels.get(v, v))
+    if not dense.empty:
+        ax.axhline(dense["accuracy"].mean() * 100, color="gray", ls="--", lw=1, label="dense")
+    ax.set_xscale("log")
+    lo = df["remaining"].min() * 100
+    ax.xaxis.set_major_locator(FixedLocator([t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1) if t >= lo * 0.9]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.invert_xaxis()
+    ax.set_xlabel("percent of weights remaining (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return ax
+
+def quality_vs_sparsity(table: Any, *, metric: str = "fid", ax: Any = None, matching: float | None = None,
+                        title: str | None = None):
+    """Mean metric (FID) vs weights remaining (%, log axis, sparser to the right, as Frankle & Carbin
+    2019, Fig. 1) with +-1 std error bars over seeds, one line per variant, and the dense model as a
+    band (mean +- 1 std): the matching-sparsity bound of ``lthdiff.bench quality``.
+
+    ``table``: rows of :func:`lthdiff.evaluation.verdict.aggregate` (a DataFrame or list of dicts with
+    ``sparsity``, ``variant``, ``<metric>_mean``, ``<metric>_std``; the dense row has variant "dense").
+    ``matching``: the matching sparsity (fraction), drawn as a vertical line.
+    """
+    import pandas as pd
+
+    df = pd.DataFrame(table)
+    mean, std = f"{metric}_mean", f"{metric}_std"
+    for col in ("sparsity", "variant", mean, std):
+        if col not in df.columns:
+            raise ValueError(f"table has no column {col!r}; columns: {list(df.columns)}")
+    fig, ax = _axes(ax, (6.4, 3.8))
+    dense = df[df["variant"] == "dense"]
+    if not dense.empty:
+        m, s = float(dense[mean].iloc[0]), float(dense[std].iloc[0])
+        ax.axhspan(m - s, m + s, color="gray", alpha=0.2, label="dense ± 1 std")
+        ax.axhline(m, color="gray", lw=1)
+    variants = [v for v in dict.fromkeys(df["variant"]) if v != "dense"]
+    variants.sort(key=lambda v: v != "ticket")  # ticket first: colour C0
+    for i, v in enumerate(variants):
+        g = pd.concat([dense, df[df["variant"] == v]]).sort_values("sparsity")  # every line starts at dense
+        ax.errorbar(100 * (1 - g["sparsity"]), g[mean], yerr=g[std], marker="o", ms=4, capsize=3,
+                    color=f"C{i % 10}", lw=2 if v == "ticket" else 1.2, ls="-" if v == "ticket" else "--", label=v)
+    if matching is not None:
+        ax.axvline(100 * (1 - matching), color="C0", ls=":", lw=1, label=f"matching sparsity {matching:.1%}")
+    ax.set_xscale("log")
+    ax.invert_xaxis()  # sparser to the right
+    ticks = sorted({float(x) for x in 100 * (1 - df["sparsity"])}, reverse=True)
+    ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("weights remaining (%, log scale)")
+    ax.set_ylabel(f"{metric.upper()} (lower is better)")
+    ax.set_title(title or f"{metric.upper()} vs weights remaining (mean ± std over seeds)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # off the data
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def classic_accuracy(results: str | os.PathLike | Mapping[str, Any], *, ax: Any = None, title: str | None = None):
+    """Test accuracy vs weights remaining from a recorded ``python -m lthdiff.bench classic`` result
+    (its JSON file or the loaded dict): ticket and controls, mean +- std over seeds, as Frankle &
+    Carbin 2019, Fig. 1/3 (:func:`lthdiff.reporting.plots.plot_accuracy`)."""
+    import json
+
+    import pandas as pd
+
+
+    payload = json.loads(Path(results).read_text()) if isinstance(results, (str, os.PathLike)) else results
+    cfg = payload["config"]
+    fig, ax = _axes(ax, (6.5, 4.2))
+    plot_accuracy(pd.DataFrame(payload["rows"]), ax=ax,
+                  title=title or f"{cfg['preset']} on {cfg['dataset']}: IMP, rewind to init ({cfg['seeds']} seeds)")
+    return fig
+
+
+def mask_distance_curve(result: Any, *, eps: float | None = None, ax: Any = None, title: str | None = None):
+    """The early-bird mask-distance curve (You et al. 2020, Fig. 3 / Sec. 3.3): at every check, the largest
+    normalised Hamming distance (fraction of weights) between the newest mask and the others in the FIFO.
+
+    ``result``: an :class:`lthdiff.lottery.early_bird.EarlyBirdResult`, the ``early_bird.json`` it writes (path or
+    loaded dict), or a list of ``(step, distance)``.  ``eps`` (default: the result's) is drawn as a
+    horizontal line and the stop step, when there is one, as a vertical line.
+    """
+    import json
+
+    stop, cfg_eps = None, None
+    if isinstance(result, (str, os.PathLike)):
+        path = Path(result)
+        result = json.loads((path / "early_bird.json" if path.is_dir() else path).read_text())
+    if isinstance(result, Mapping):
+        points, stop = result.get("distances"), result.get("stop_step")
+        cfg_eps = result.get("eps")
+    elif hasattr(result, "distances"):
+        points, stop = result.distances, result.stop_step
+        cfg_eps = getattr(result, "config", {}).get("eps")
+    else:
+        points = result
+    try:
+        pts = [(int(s), float(d)) for s, d in points]
+    except (TypeError, ValueError) as exc:
+        raise ValueError("result must be an EarlyBirdResult, an early_bird.json (path or dict) or a list of "
+                         f"(step, distance) pairs; got {type(result).__name__}") from exc
+    eps = cfg_eps if eps is None else eps
+    fig, ax = _axes(ax, (5.5, 3.4))
+    if pts:
+        ax.plot([s for s, _ in pts], [d for _, d in pts], marker="o", ms=3, lw=1.5, color="C0",
+                label="max distance, newest vs FIFO")
+    if eps is not None:
+        ax.axhline(eps, color="C3", ls="--", lw=1, label=f"eps = {eps:g}")
+    if stop is not None:
+        ax.axvline(stop, color="C2", ls=":", lw=1.2, label=f"early-bird stop at step {stop}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mask distance (fraction of weights)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title or "Early-bird mask distance")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def structured_tickets(results: str | os.PathLike | Mapping[str, Any], *, metric: str = "fid", ax: Any = None,
+                       title: str | None = None):
+    """FID (or KID, ``metric="kid"``) per arm and MAC level from a recorded ``python -m lthdiff.bench
+    structured-tickets`` result (its JSON file or the loaded dict): bars = mean over seeds, error bars
+    = sample std, the dense model as a grey band (mean +- 1 std).  Arms: ticket (theta_0 at the kept
+    channels, Frankle & Carbin 2019), scratch (Liu et al. 2019), finetune (Diff-Pruning, Fang et al. 2023).
+    """
+    import json
+
+    payload = json.loads(Path(results).read_text()) if isinstance(results, (str, os.PathLike)) else results
+    if metric not in ("fid", "kid"):
+        raise ValueError(f"metric must be 'fid' or 'kid', got {metric!r}")
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("table"), list):
+        raise ValueError("results must be a structured-tickets benchmark result with a 'table' list "
+                         f"(lthdiff/bench/results/structured_tickets.json), got keys {list(payload)[:5] if isinstance(payload, Mapping) else type(payload).__name__}")
+    table = payload["table"]
+    fig, ax = _axes(ax, (6.0, 3.8))
+    dense = [r for r in table if r["variant"] == "dense"]
+    if dense:
+        m, s = dense[0][f"{metric}_mean"], dense[0][f"{metric}_std"]
+        ax.axhspan(m - s, m + s, color="gray", alpha=0.2, label="dense ± 1 std")
+        ax.axhline(m, color="gray", lw=1)
+    levels = sorted({r["sparsity"] for r in table if r["variant"] != "dense"})
+    arms = [a for a in ("ticket", "scratch", "finetune") if any(r["variant"] == a for r in table)]
+    width = 0.8 / max(1, len(arms))
+    for i, arm in enumerate(arms):
+        rows = {r["sparsity"]: r for r in table if r["variant"] == arm}
+        xs = [j + (i - (len(arms) - 1) / 2) * width for j, lv in enumerate(levels) if lv in rows]
+        ax.bar(xs, [rows[lv][f"{metric}_mean"] for lv in levels if lv in rows], width, color=f"C{i}", label=arm,
+               yerr=[rows[lv][f"{metric}_std"] for lv in levels if lv in rows], capsize=4)
+    ax.set_xticks(range(len(levels)), [f"{lv:.0%} fewer MACs" for lv in levels])
+    ax.set_ylabel(f"{metric.upper()} (lower is better)")
+    ax.set_title(title or f"Structured tickets: {metric.upper()} per arm (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
