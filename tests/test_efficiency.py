@@ -11,6 +11,7 @@ from lthdiff.store import CorruptFileError
 from lthdiff.evaluation import efficiency as E
 from lthdiff.evaluation import load_compressed, save_compressed
 from lthdiff.models import unet
+from lthdiff.models.macs import macs
 from lthdiff.pruners import magnitude, random
 
 SHAPE = (1, 1, 16, 16)
@@ -40,30 +41,30 @@ def test_param_counts_drop_by_the_pruned_weights(tiny):
 
 def test_macs_of_single_layers_follow_the_formula():
     conv = nn.Conv2d(4, 8, 3, padding=1, groups=2)
-    m = E.macs(conv, (2, 4, 10, 10))
+    m = macs(conv, (2, 4, 10, 10))
     assert m.dense == m.layers_dense == 2 * 8 * 10 * 10 * (4 // 2 * 3 * 3)
     with torch.no_grad():
         conv.weight.view(-1)[: conv.weight.numel() // 4] = 0
-    m = E.macs(conv, (2, 4, 10, 10))
+    m = macs(conv, (2, 4, 10, 10))
     assert m.effective == pytest.approx(0.75 * m.dense, abs=1)
     lin = nn.Linear(10, 5)
-    assert E.macs(lin, (3, 10)).dense == 3 * 5 * 10
+    assert macs(lin, (3, 10)).dense == 3 * 5 * 10
 
 
 def test_attention_is_counted_dense_and_matches_the_math_kernel(tiny):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    m = E.macs(tiny, SHAPE)
+    m = macs(tiny, SHAPE)
     assert m.dense > m.layers_dense  # attention matmuls (no weights) are in the total
     with sdpa_kernel(SDPBackend.MATH):  # explicit bmm ops that FlopCounterMode counts natively
-        assert E.macs(tiny, SHAPE).dense == m.dense
-    assert E.macs(tiny, (4, *SHAPE[1:])).dense == 4 * m.dense
+        assert macs(tiny, SHAPE).dense == m.dense
+    assert macs(tiny, (4, *SHAPE[1:])).dense == 4 * m.dense
 
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.9])
 def test_effective_macs_scale_with_density(sparsity):
     model, mask = _pruned(sparsity, how="random")  # random pruning: every layer at `sparsity`
-    m = E.macs(model, SHAPE)
+    m = macs(model, SHAPE)
     expected = (m.dense - m.layers_dense) + (1 - sparsity) * m.layers_dense
     assert m.effective == pytest.approx(expected, rel=1e-3)
     assert m.effective < m.dense and m.reduction > 1

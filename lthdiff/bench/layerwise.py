@@ -5,7 +5,7 @@ For each target sparsity (default 90 % and 95 %), allocation rule (``uniform``, 
 the same geometric schedule ``1 - (1 - target)^(r/R)`` over ``--rounds`` rounds, rewinding to
 5 % of training as Jiang et al. 2023 (Sec. 3) do, and reports for the final ticket: the mean
 training loss of its last steps, a held-out loss (same noise for every ticket), effective MACs
-(:func:`lthdiff.evaluation.metrics.efficiency.macs`: each conv/linear counted at its weight density) and,
+(:func:`lthdiff.models.macs.macs`: each conv/linear counted at its weight density) and,
 with ``--n-fid``, FID (:func:`lthdiff.evaluation.metrics.fid`, offline digits extractor).  The dense round 0 is trained once per seed and shared by all rules.
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _schedule(target: float, rounds: int) -> list[float]:
 
 def run_one(args: argparse.Namespace, target: float, rule: str, seed: int, ds, test) -> dict[str, Any]:
     from lthdiff.lottery.imp import run_imp
-    from lthdiff.evaluation.metrics.efficiency import macs
+    from lthdiff.models.macs import macs
     from lthdiff.models.unets import unet
 
     root = Path(args.out) / "runs" / "layerwise"

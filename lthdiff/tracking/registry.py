@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from .schema import MIGRATIONS, SCHEMA_VERSION, migrate
 
-__all__ = ["Registry", "MIGRATIONS", "SCHEMA_VERSION", "STATUSES", "OVERALL", "migrate", "DEFAULT_PATH"]
+__all__ = ["Registry", "STATUSES", "OVERALL", "DEFAULT_PATH"]
 
 DEFAULT_PATH = "runs/lthdiff.db"
 STATUSES = ("running", "completed", "failed", "interrupted")

@@ -17,10 +17,9 @@ from typing import Any, Callable, Mapping, NamedTuple
 import torch
 import torch.nn as nn
 
-# MAC counting lives low in the package (structured pruning budgets MACs too); re-exported here
-from lthdiff.models.macs import MACCount, macs
+from lthdiff.models.macs import macs
 
-__all__ = ["ParamCounts", "MACCount", "param_counts", "macs", "median_time", "sampling_speed", "peak_memory",
+__all__ = ["ParamCounts", "param_counts", "median_time", "sampling_speed", "peak_memory",
            "checkpoint_sizes", "summary"]
 
 

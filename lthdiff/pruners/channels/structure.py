@@ -161,7 +161,7 @@ def legalize(boc: Sequence[int], widths: list[int], units: Sequence[int]) -> lis
 def config_macs(unet_or_config: Any, batch_size: int = 1) -> int:
     """Dense multiply-accumulates of one forward pass at ``sample_size`` (convs, linears, attention).
 
-    :func:`lthdiff.evaluation.metrics.efficiency.macs` on an uninitialised CPU model built from the config, so a
+    :func:`lthdiff.models.macs.macs` on an uninitialised CPU model built from the config, so a
     bare config works and the global RNG is untouched.
     """
     cfg = unet_config(unet_or_config)
