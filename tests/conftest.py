@@ -23,6 +23,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # TORCH_HOME, Hypothesis's database and pytest's own tmp_path base.
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="lthdiff-tests-"))
 atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
+# Child processes (torchrun's rendezvous files, kernels) write their temp files there too.
+os.environ["TMPDIR"] = str(_SESSION_TMP)
+tempfile.tempdir = str(_SESSION_TMP)
 os.environ["TORCH_HOME"] = str(_SESSION_TMP / "torch-home")
 os.environ.pop("LTHDIFF_INCEPTION_WEIGHTS", None)
 # Child processes (CLI, torchrun, notebook kernels) load tests/netguard/sitecustomize.py: no network there either.

@@ -197,7 +197,8 @@ def test_chain_continued_from_records_on_fresh_state_equals_run_imp(tmp_path):
     steps, seed, bs = 20, 4, 8
     argv = ["--name", "s", "--steps", str(steps), "--rounds", "2", "--n", "8", "--sample-steps", "2",
             "--batch-size", str(bs), "--seeds", str(seed), "--records", str(tmp_path / "rec"),
-            "--run-root", str(tmp_path / "runs"), "--max-networks", "1"]
+            "--run-root", str(tmp_path / "runs"), "--max-networks", "1",
+            "--threads", str(torch.get_num_threads())]  # bit-identical needs the same thread count
     ds = load_dataset("digits", image_size=16)
     ref = tmp_path / "imp"
     run_imp(unet("tiny", seed=seed), ds, rounds=2, sparsity_schedule=[0.5, 0.75], steps_per_round=steps,

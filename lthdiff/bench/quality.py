@@ -569,7 +569,10 @@ def _run_seed(args: argparse.Namespace, seed: int, budget: list[int]) -> int:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     os.write(fd, str(os.getpid()).encode())
     os.close(fd)
+    threads = torch.get_num_threads()
     try:
+        # one thread a process: two seeds side by side on two cores (the result is bit-identical only
+        # for the same thread count, so it is recorded with each network)
         torch.set_num_threads(args.threads)
         s = _Seed(settings, seed, record_dir, run_dir)
         done_now = 0
@@ -588,6 +591,7 @@ def _run_seed(args: argparse.Namespace, seed: int, budget: list[int]) -> int:
                       f"-> {record_dir}", flush=True)
         return done_now
     finally:
+        torch.set_num_threads(threads)
         lock.unlink(missing_ok=True)
 
 
