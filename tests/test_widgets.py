@@ -66,3 +66,18 @@ def test_progress_is_silent_in_a_log_and_says_one_line(monkeypatch, capsys):
     assert runtime.interactive() and not runtime.progress_bar(total=3, desc="x").disable
     runtime.log_line("not printed when bars show")
     assert capsys.readouterr().out == ""
+
+
+def test_the_parameters_cell_also_prints_its_values_as_text(monkeypatch, capsys):
+    """A static rendering (GitHub, nbconvert) shows no widgets, so the cell prints the values too."""
+    import IPython.display
+
+    from lthdiff.reporting import widgets
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **k: shown.extend(a))
+    params = widgets.controls(steps=(300, 20), lr=0.0012345, name=["a", "b"])
+    params._ipython_display_()
+    out = capsys.readouterr().out
+    assert len(shown) == 1 and type(shown[0]).__name__ == "VBox"
+    assert out.strip() == f"parameters: steps={params.steps}, lr=0.00123, name=a"

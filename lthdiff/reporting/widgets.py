@@ -44,11 +44,18 @@ class Controls:
     def __repr__(self) -> str:
         return f"Controls({self.values()})"
 
+    def summary(self) -> str:
+        """The current values as one line of text (floats to 3 significant digits)."""
+        fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+        return "parameters: " + ", ".join(f"{k}={fmt(v)}" for k, v in self.values().items())
+
     def _ipython_display_(self) -> None:
         from IPython.display import display
         import ipywidgets as W
 
         display(W.VBox(list(self._widgets.values())))
+        # Static renderings (GitHub, nbconvert) show no widgets: the values this run used, as text.
+        print(self.summary())
 
 
 def device() -> str:
