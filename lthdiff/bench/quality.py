@@ -396,7 +396,8 @@ def aggregate_records(study_dir: str | Path) -> dict[str, Any]:
     expected = {st["seed"]: len(plan(st)) for st in settings}
     progress = {st["seed"]: sum(1 for x in R.read_networks(d) if x["variant"] != "continue")
                 for d, st in zip(dirs, settings)}
-    return {"settings": common, "seeds": [st["seed"] for st in settings], "rows": rows, **s, "convergence": conv,
+    return {"settings": common, "seeds": [st["seed"] for d, st in zip(dirs, settings) if R.read_networks(d)],
+            "rows": rows, **s, "convergence": conv,
             "loss_at_init": init_rows, "kid_test_table": test, "networks_recorded": progress,
             "networks_planned": expected, "complete": all(progress[k] >= expected[k] for k in expected)}
 
