@@ -128,9 +128,8 @@ class _Seed:
         self.theta0 = unet(settings["preset"], seed=seed, sample_size=settings["image_size"], in_channels=ch,
                            out_channels=ch)
         digest = tensors_digest(self.theta0.state_dict())
-        recorded = R.write_settings(record_dir, {**settings, "seed": seed, "init_digest": digest})
-        if recorded["init_digest"] != digest:  # write_settings already compared it; kept for the message
-            raise ValueError(f"theta_0 of seed {seed} differs from the recorded one")
+        # refuses a seed folder recorded with other settings or another theta_0 (its digest is a setting)
+        R.write_settings(record_dir, {**settings, "seed": seed, "init_digest": digest})
         self.train_kw = dict(batch_size=settings["batch_size"], lr=settings["lr"], seed=seed, ema=True,
                              checkpoint_every=CHECKPOINT_EVERY)
 
