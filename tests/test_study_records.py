@@ -1,5 +1,6 @@
 """The study recorded network by network (lthdiff.bench.records / quality): records, aggregate, continuation."""
 import copy
+import os
 import json
 import math
 import shutil
@@ -233,3 +234,68 @@ def test_chain_continued_from_records_on_fresh_state_equals_run_imp(tmp_path):
     assert [(x["round"], x["variant"]) for x in rec] == sorted(plan)
     assert Q.main(argv) == 0  # nothing left: no network is trained or recorded twice
     assert len(R.read_networks(tmp_path / "rec" / "s" / f"seed_{seed}")) == len(plan)
+
+
+# --------------------------------------------------------------------------- workers sharing one study
+def test_ready_follows_the_chain_from_the_records(tmp_path):
+    d = tmp_path / "seed_0"
+    d.mkdir()
+    assert Q.ready(d, 0, "ticket")
+    assert not Q.ready(d, 0, "dense_half") and not Q.ready(d, 1, "ticket") and not Q.ready(d, 1, "continue")
+    R.write_network(d, {"round": 0, "variant": "ticket", "sparsity": 0.0})
+    assert Q.ready(d, 0, "dense_half") and Q.ready(d, 0, "dense_continued")
+    assert not Q.ready(d, 1, "ticket")  # round 0 recorded, but its pruned mask not yet
+    model = unet("tiny", seed=0)
+    R.save_mask(d / "mask_r01.npz", M.ones(model))
+    assert Q.ready(d, 1, "ticket") and Q.ready(d, 1, "random_reinit") and not Q.ready(d, 2, "ticket")
+    assert not Q.ready(d, 1, "continue")  # needs the dense weights as well
+    R.save_kept_weights(d / "weights_r00.safetensors", model.state_dict(), M.ones(model))
+    assert Q.ready(d, 1, "continue") and not Q.ready(d, 2, "continue")
+    R.save_kept_weights(d / "weights_continue_r01.safetensors", model.state_dict(), M.ones(model))
+    assert not Q.ready(d, 2, "continue")  # the weights without their pruned mask
+    R.save_mask(d / "mask_continue_r02.npz", M.ones(model))
+    assert Q.ready(d, 2, "continue")
+
+
+def test_lock_refuses_a_live_holder_and_takes_a_stale_one(tmp_path):
+    import subprocess
+    import sys
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    try:
+        held, stale = tmp_path / "lock_a", tmp_path / "lock_b"
+        held.write_text(str(live.pid))
+        stale.write_text(str(gone.pid))
+        assert not Q._lock(held) and held.read_text() == str(live.pid)
+        assert Q._lock(stale) and stale.read_text() == str(os.getpid())
+        assert not Q._lock(stale)  # our own pid is live: a second take is refused
+    finally:
+        live.kill()
+
+
+def test_a_worker_skips_the_network_another_process_holds(tmp_path):
+    """Two seeds, seed 5's dense network held by a live process: the worker trains seed 6's instead and
+    leaves seed 5 unrecorded; once the holder is gone, the next worker takes seed 5's."""
+    import subprocess
+    import sys
+
+    argv = ["--name", "s", "--steps", "20", "--rounds", "1", "--n", "8", "--sample-steps", "2", "--batch-size", "8",
+            "--seeds", "5", "6", "--records", str(tmp_path / "rec"), "--run-root", str(tmp_path / "runs"),
+            "--max-networks", "1"]
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock = tmp_path / "runs" / "seed_5" / "lock_r00_ticket"
+        lock.parent.mkdir(parents=True)
+        lock.write_text(str(live.pid))
+        assert Q.main(argv) == 0
+        assert not (tmp_path / "rec" / "s" / "seed_5" / "r00_ticket.json").exists()
+        assert (tmp_path / "rec" / "s" / "seed_6" / "r00_ticket.json").exists()
+        assert lock.read_text() == str(live.pid)  # someone else's lock is left alone
+    finally:
+        live.kill()
+        live.wait()
+    assert Q.main(argv) == 0
+    assert (tmp_path / "rec" / "s" / "seed_5" / "r00_ticket.json").exists()
+    assert not list((tmp_path / "runs").glob("seed_*/lock_*"))  # a worker releases what it took

@@ -15,8 +15,11 @@ each, its row goes to ``<records>/<name>/seed_<N>/r<RR>_<variant>.json`` and, fo
 the next round's mask to ``mask_r<RR>.npz`` (:mod:`lthdiff.bench.records`).  theta_0 comes from the
 seed and is checked against the recorded digest, so a machine holding only the repository continues
 with the next undone network; run directories (resume *inside* a network) go to ``--run-root``,
-default ``$XDG_CACHE_HOME/lthdiff/<name>`` (``~/.cache/lthdiff/<name>``).  ``--arms ticket continue`` chooses the arms; ``--max-networks K`` stops
-after K networks; ``--jobs J`` runs the seeds in J processes side by side.
+default ``$XDG_CACHE_HOME/lthdiff/<name>`` (``~/.cache/lthdiff/<name>``).  ``--arms ticket continue``
+chooses the arms; ``--max-networks K`` stops after K networks.  ``--jobs J`` starts J workers that
+share the networks through the records and a lock file per network, so two cores train two
+networks of *one* seed side by side wherever the chain allows it (a round's control beside the
+next round's ticket); J commands started by hand share them the same way.
 
 **Converged?**  Per seed the dense model is also scored at T/2 (``dense_half``) and continued from
 its final checkpoint, optimizer state included, to 1.5 T (``dense_continued``; training is
@@ -54,7 +57,7 @@ from lthdiff.evaluation.verdict import aggregate, matching_sparsity, summarize
 from . import records as R
 from .common import RECORDED, markdown_table, write_results
 
-__all__ = ["loss_plateau", "converged", "plan", "run_network", "aggregate_records", "markdown", "recorded_study",
+__all__ = ["loss_plateau", "converged", "plan", "ready", "run_network", "aggregate_records", "markdown", "recorded_study",
            "study_summary", "update_readme", "main"]
 
 DATASET_DEFAULTS = {"digits": {"image_size": 16, "preset": "tiny", "extractor": "lthdiff-digits"},
@@ -550,49 +553,118 @@ def _default_run_root(name: str) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lthdiff" / name
 
 
-def _run_seed(args: argparse.Namespace, seed: int, budget: list[int]) -> int:
+def ready(record_dir: str | Path, r: int, variant: str) -> bool:
+    """Whether the records of a seed hold what network ``(r, variant)`` starts from.
+
+    Dense round 0 needs nothing; its T/2 and 1.5 T scores need round 0 recorded; a round-``r`` ticket
+    or control needs ``mask_r<RR>.npz`` (pruned from round ``r - 1``'s ticket); a prune-and-continue
+    network needs the previous network's kept weights and its pruned mask.
+    """
+    d = Path(record_dir)
+    if r == 0:
+        return variant == "ticket" or (0, "ticket") in _done(d)
+    if variant == "continue":
+        weights = "weights_r00.safetensors" if r == 1 else f"weights_continue_r{r - 1:02d}.safetensors"
+        mask = "mask_r01.npz" if r == 1 else f"mask_continue_r{r:02d}.npz"
+        return (d / weights).exists() and (d / mask).exists()
+    return (d / f"mask_r{r:02d}.npz").exists()
+
+
+def _live(pid: str) -> bool:
+    return pid.isdigit() and Path(f"/proc/{pid}").exists() if Path("/proc").is_dir() else pid.isdigit()
+
+
+def _lock(path: Path) -> bool:
+    """Take the lock file ``path`` for this process; False when a live process holds it (a stale one is taken)."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = path.read_text().strip()
+            except FileNotFoundError:
+                continue
+            if _live(pid) or not pid:  # an empty file: its writer is between open and write
+                return False
+            path.unlink(missing_ok=True)
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
+def _held(run_dir: Path) -> list[str]:
+    """The networks of one seed that live processes are working on (their lock files)."""
+    out = []
+    for p in sorted(run_dir.glob("lock_r*")) if run_dir.is_dir() else []:
+        try:
+            if _live(p.read_text().strip()):
+                out.append(p.name[len("lock_"):])
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def _work(args: argparse.Namespace, budget: list[int], poll_s: float = 30.0) -> int:
+    """One worker: train, score and record networks until none is left; returns how many it did.
+
+    Workers share the work through the records and one lock file per network, so ``--jobs J`` (or
+    J commands on one machine) train J networks side by side, also of one seed: each takes, in the
+    order of ``--seeds`` and :func:`plan`, the first unrecorded network whose inputs are recorded
+    (:func:`ready`) and that no live process holds; it waits while the rest wait on held networks.
+    """
     import torch
 
     settings = _settings(args)
-    record_dir = Path(args.records) / args.name / f"seed_{seed}"
-    run_dir = Path(args.run_root) / f"seed_{seed}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / "lock"
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        pid = lock.read_text().strip()
-        if pid.isdigit() and Path(f"/proc/{pid}").exists():
-            print(f"seed {seed}: {run_dir} is in use by process {pid}; skipped", file=sys.stderr)
-            return 0
-        lock.unlink(missing_ok=True)
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
+    seeds: dict[int, _Seed] = {}
+    done_now = 0
     threads = torch.get_num_threads()
+    # one thread a process: two networks side by side on two cores (the result is bit-identical only
+    # for the same thread count, so it is recorded with each network)
+    torch.set_num_threads(args.threads)
     try:
-        # one thread a process: two seeds side by side on two cores (the result is bit-identical only
-        # for the same thread count, so it is recorded with each network)
-        torch.set_num_threads(args.threads)
-        s = _Seed(settings, seed, record_dir, run_dir)
-        done_now = 0
-        for arm in args.arms:
-            for r, variant in plan(settings, arm):
-                if (r, variant) in _done(record_dir):
-                    continue
-                if budget[0] == 0:
+        while budget[0] != 0:
+            picked, waiting = None, []
+            for seed in args.seeds:
+                record_dir = Path(args.records) / args.name / f"seed_{seed}"
+                run_dir = Path(args.run_root) / f"seed_{seed}"
+                run_dir.mkdir(parents=True, exist_ok=True)
+                done = _done(record_dir)
+                todo = [(r, v) for arm in args.arms for r, v in plan(settings, arm) if (r, v) not in done]
+                for r, variant in todo:
+                    lock = run_dir / f"lock_{R.network_name(r, variant)[:-5]}"
+                    if ready(record_dir, r, variant) and _lock(lock):
+                        picked = (seed, r, variant, lock, record_dir, run_dir)
+                        break
+                if picked:
+                    break
+                if todo and _held(run_dir):
+                    waiting.append(f"seed {seed}: {', '.join(_held(run_dir))}")
+            if picked is None:
+                if not waiting:
                     return done_now
+                print(f"waiting for {'; '.join(waiting)}", flush=True)
+                time.sleep(poll_s)
+                continue
+            seed, r, variant, lock, record_dir, run_dir = picked
+            try:
+                if (r, variant) in _done(record_dir):  # recorded by another worker since the scan
+                    continue
+                if seed not in seeds:
+                    seeds[seed] = _Seed(settings, seed, record_dir, run_dir)
                 t0 = time.perf_counter()
-                row = run_network(s, r, variant)
-                budget[0] -= 1
-                done_now += 1
-                print(f"seed {seed} round {r} {variant} ({row['sparsity']:.1%}): FID {row['fid']:.4g}, KID(test) "
-                      f"{row['kid_test']:.4g}, loss at init {row['loss_at_init']:.3f}, {time.perf_counter() - t0:.0f} s "
-                      f"-> {record_dir}", flush=True)
+                row = run_network(seeds[seed], r, variant)
+            finally:
+                lock.unlink(missing_ok=True)
+            budget[0] -= 1
+            done_now += 1
+            print(f"seed {seed} round {r} {variant} ({row['sparsity']:.1%}): FID {row['fid']:.4g}, KID(test) "
+                  f"{row['kid_test']:.4g}, loss at init {row['loss_at_init']:.3f}, {time.perf_counter() - t0:.0f} s "
+                  f"-> {record_dir}", flush=True)
         return done_now
     finally:
         torch.set_num_threads(threads)
-        lock.unlink(missing_ok=True)
 
 
 def main(argv: list[str]) -> int:
@@ -618,7 +690,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--n", type=int, default=2000, help="samples per network for FID/KID")
     ap.add_argument("--sample-steps", type=int, default=10, help="DDIM steps")
     ap.add_argument("--max-networks", type=int, default=-1, help="stop after this many networks (-1: all)")
-    ap.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes side by side")
+    ap.add_argument("--jobs", type=int, default=1, help="workers side by side; they share the networks, also of one seed")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--records", default=str(RECORDED), help="where studies are recorded (default: the package's "
                     "lthdiff/bench/results)")
@@ -649,16 +721,11 @@ def main(argv: list[str]) -> int:
     if args.rounds < 1 or args.steps < 20 or args.n < 2 or args.jobs < 1 or args.threads < 1:
         ap.error(f"--rounds >= 1, --steps >= 20, --n >= 2, --jobs >= 1 and --threads >= 1 needed; got {args.rounds}, "
                  f"{args.steps}, {args.n}, {args.jobs}, {args.threads}")
-    if args.jobs > 1 and len(args.seeds) > 1:
-        groups = [args.seeds[i::args.jobs] for i in range(min(args.jobs, len(args.seeds)))]
-        procs = [subprocess.Popen([sys.executable, "-m", "lthdiff.bench", "quality", *_without(argv, "--seeds", "--jobs"),
-                                   "--seeds", *map(str, g), "--jobs", "1"]) for g in groups]
+    if args.jobs > 1:
+        procs = [subprocess.Popen([sys.executable, "-m", "lthdiff.bench", "quality", *_without(argv, "--jobs"),
+                                   "--jobs", "1"]) for _ in range(args.jobs)]
         return 1 if any(p.wait() for p in procs) else 0
-    budget = [args.max_networks]
-    for seed in args.seeds:
-        _run_seed(args, seed, budget)
-        if budget[0] == 0:
-            break
+    _work(args, [args.max_networks])
     return 0
 
 
