@@ -22,3 +22,36 @@ def test_interactive_curve_has_one_trace_per_variant_ticket_first():
 def test_interactive_curve_names_a_missing_column():
     with pytest.raises(ValueError, match="no column 'lpips'"):
         plots.sparsity_curve_interactive(_table(), "lpips")
+
+
+def test_loss_panels_are_small_multiples_with_one_legend():
+    from lthdiff.reporting import plots
+
+    panels = {f"{s}% sparsity": {"ticket": [1.0, 0.5, 0.4], "random_reinit": [1.2, 0.9, 0.7]} for s in (50, 75, 88, 94)}
+    fig = plots.loss_panels(panels, reference=("dense", [1.1, 0.6, 0.5]), ncols=3)
+    shown = [ax for ax in fig.axes if ax.axison]
+    assert len(shown) == 4 and len(fig.axes) == 6  # 2 rows of 3; the empty slots hidden
+    for ax in shown:
+        assert [line.get_label() for line in ax.get_lines()] == ["dense", "ticket", "random_reinit"]
+        assert len(ax.get_lines()) <= 3  # never ten curves on one axis
+    colours = {ax.get_lines()[1].get_color() for ax in shown}
+    assert len(colours) == 1  # the ticket keeps its colour in every panel
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["dense", "ticket", "random_reinit"]
+    plots.close(fig)
+    with pytest.raises(ValueError, match="at least one panel"):
+        plots.loss_panels({})
+
+
+def test_show_grid_wraps_after_ncols_panels():
+    import torch
+
+    from lthdiff.evaluation import sampling
+
+    grids = [torch.zeros(4, 1, 8, 8, dtype=torch.uint8)] * 6
+    fig = sampling.show_grid(grids, titles=[str(i) for i in range(6)])
+    width, height = fig.get_size_inches()
+    assert len(fig.axes) == 8 and width == pytest.approx(4 * 3.2) and height == pytest.approx(2 * 3.4)
+    assert [ax.get_title() for ax in fig.axes if ax.images] == [str(i) for i in range(6)]
+    with pytest.raises(ValueError, match="6 grids but 2 titles"):
+        sampling.show_grid(grids, titles=["a", "b"])

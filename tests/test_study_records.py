@@ -117,6 +117,10 @@ def test_aggregate_from_hand_made_records(tmp_path):
     tol = max(agg["matching"]["dense_std"], 0.05 * 1.2)  # seed 1: |1.5 - 1.2| = 0.3 > tol
     assert conv[0]["converged"] is True and conv[1]["converged"] is False
     assert conv[1]["fid_tolerance"] == pytest.approx(tol) and conv[0]["fid_half"] == pytest.approx(1.5)
+    # over seeds: 1.5 T - T = 0.02, 0.3, 0.0 -> mean 0.1067 > tolerance max(std 0.1, 5 % of 1.1) = 0.1
+    o = agg["convergence_overall"]
+    assert o["deltas"] == pytest.approx([0.02, 0.3, 0.0]) and o["delta_mean"] == pytest.approx(0.32 / 3)
+    assert o["fid_tolerance"] == pytest.approx(0.1) and o["converged"] is False and o["seeds_within"] == 2
     init = {(r["sparsity"], r["variant"]): r["loss_at_init_mean"] for r in agg["loss_at_init"]}
     assert init[(0.0, "dense")] == pytest.approx(1.1) and init[(0.5, "ticket")] == pytest.approx(0.3)
     # the dense_half / dense_continued rows never count as dense in the verdict
@@ -128,6 +132,8 @@ def test_aggregate_from_hand_made_records(tmp_path):
     assert "50.0%: 0.941 ± 0.13 (0.9, 0.833, 1.09)" in text  # mean and sample std of 0.9, 1/1.2, 1.2/1.1
     assert "against random_reinit: 50.0% 2/3, 75.0% 1/3" in text
     assert "Dense converged at T in 2/3 seeds" in text and "seed 1: 1.8, 1.2, 1.5" in text
+    assert "mean FID moved +0.107 ± 0.17 from T to 1.5 T: not converged on average" in text
+    assert "**not converged**; 2/3 seeds within" in md
     assert "theta_0 1.1, ticket theta_0 * m 0.3 at 75.0%, random_reinit 1" in text
 
 

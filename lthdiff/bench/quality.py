@@ -387,6 +387,19 @@ def aggregate_records(study_dir: str | Path) -> dict[str, Any]:
                       "fid_tolerance": max(dense_std, 0.05 * dense["fid"])})
             c["converged"] = converged(dense["fid"], cont["fid"], c["loss_ratio"], c["fid_tolerance"])
         conv.append(c)
+    both = [c for c in conv if c.get("fid_1.5T") is not None]
+    overall = None
+    if both:
+        # Per seed, FID of one network at two nearby checkpoints moves by about the seed-to-seed std (in
+        # both directions), so the study-level question is whether training longer helps *on average*.
+        deltas = [c["fid_1.5T"] - c["fid_T"] for c in both]
+        fid_t = statistics.mean(c["fid_T"] for c in both)
+        ratio = max((c["loss_ratio"] for c in both), key=lambda r: abs(1 - r))
+        overall = {"seeds": len(both), "fid_T_mean": fid_t, "fid_1.5T_mean": statistics.mean(c["fid_1.5T"] for c in both),
+                   "delta_mean": statistics.mean(deltas), "delta_std": statistics.stdev(deltas) if len(deltas) > 1 else 0.0,
+                   "deltas": deltas, "fid_tolerance": max(dense_std, 0.05 * fid_t), "worst_loss_ratio": ratio,
+                   "seeds_within": sum(bool(c["converged"]) for c in both)}
+        overall["converged"] = converged(fid_t, overall["fid_1.5T_mean"], ratio, overall["fid_tolerance"])
     init = {}
     for x in (x for x in rows if x["variant"] in ("ticket", *controls)):
         key = (round(x["sparsity"], 3), "dense" if x["round"] == 0 else x["variant"])
@@ -399,7 +412,7 @@ def aggregate_records(study_dir: str | Path) -> dict[str, Any]:
     progress = {st["seed"]: sum(1 for x in R.read_networks(d) if x["variant"] != "continue")
                 for d, st in zip(dirs, settings)}
     return {"settings": common, "seeds": [st["seed"] for d, st in zip(dirs, settings) if R.read_networks(d)],
-            "rows": rows, **s, "convergence": conv,
+            "rows": rows, **s, "convergence": conv, "convergence_overall": overall,
             "loss_at_init": init_rows, "kid_test_table": test, "networks_recorded": progress,
             "networks_planned": expected, "complete": all(progress[k] >= expected[k] for k in expected)}
 
@@ -453,10 +466,21 @@ def markdown(name: str, agg: dict[str, Any]) -> str:
             "## Converged?\n\nDense at T/2 and T, and continued from its final checkpoint (optimizer state "
             "included) to 1.5 T. Converged: |FID(1.5T) - FID(T)| <= max(dense FID std over seeds, 5 % of "
             "FID(T)) and the mean loss over the last 10 % of 1.5 T within 5 % of that over the last 10 % of T.\n\n"
-            + markdown_table(conv_rows)
+            + markdown_table(conv_rows) + _overall_text(agg.get("convergence_overall"))
             + "\n## Loss at init\n\nThe diffusion loss of each network's starting weights (theta_0 * m for a "
             "ticket, the fresh init * m for random reinit) on one fixed batch of 256 training images, noise and "
             "timesteps, before any training (predicting zero noise scores about 1).\n\n" + markdown_table(init_rows))
+
+
+def _overall_text(o: dict[str, Any] | None) -> str:
+    """The convergence check over seeds: does training 50 % longer lower the mean dense FID?"""
+    if not o:
+        return ""
+    return (f"\n**Over the {o['seeds']} seeds**: mean dense FID {_fmt(o['fid_T_mean'])} at T and "
+            f"{_fmt(o['fid_1.5T_mean'])} at 1.5 T, a change of {o['delta_mean']:+.3f} ± {_fmt(o['delta_std'], 2)} "
+            f"(per seed {', '.join(f'{d:+.3f}' for d in o['deltas'])}; tolerance {_fmt(o['fid_tolerance'])}): "
+            + ("**converged**" if o["converged"] else "**not converged**")
+            + f"; {o['seeds_within']}/{o['seeds']} seeds within the tolerance on their own.\n")
 
 
 def recorded_study(name: str = "quality_digits_converged", records: str | Path = RECORDED) -> dict[str, Any] | None:
@@ -506,9 +530,12 @@ def study_summary(agg: dict[str, Any]) -> str:
     conv_text = ""
     if conv:
         ok = sum(bool(c["converged"]) for c in conv)
+        o = agg.get("convergence_overall")
         conv_text = (f" Dense converged at T in {ok}/{len(conv)} seeds: FID at T/2, T, 1.5 T = "
                      + "; ".join(f"seed {c['seed']}: {_fmt(c['fid_half'])}, {_fmt(c['fid_T'])}, {_fmt(c['fid_1.5T'])}"
-                                 for c in conv) + f" (tolerance max(dense std, 5 %) = {_fmt(conv[0]['fid_tolerance'])}).")
+                                 for c in conv) + f" (tolerance max(dense std, 5 %) = {_fmt(conv[0]['fid_tolerance'])})"
+                     + (f"; over the seeds the mean FID moved {o['delta_mean']:+.3f} ± {_fmt(o['delta_std'], 2)} from T "
+                        f"to 1.5 T: {'converged' if o['converged'] else 'not converged'} on average." if o else "."))
     init = {r["variant"]: r for r in agg["loss_at_init"] if r["sparsity"] == max(
         (x["sparsity"] for x in agg["loss_at_init"] if x["variant"] == "ticket"), default=-1)}
     dense_init = next((r for r in agg["loss_at_init"] if r["variant"] == "dense"), None)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from lthdiff.data.datasets import to_uint8
-from lthdiff.runtime import progress_bar
+from lthdiff.runtime import positive_int, progress_bar
 from lthdiff.training.tasks import make_scheduler
 
 __all__ = ["SAMPLERS", "scheduler", "sample", "pipeline", "image_grid", "show_grid"]
@@ -113,16 +113,25 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, *, scale: int = 1,
 
 
 def show_grid(images: torch.Tensor | Sequence[torch.Tensor], titles: Sequence[str] | None = None,
-              nrow: int | None = None, figsize: tuple[float, float] | None = None):
-    """Show one grid, or several side by side with ``titles``, in a matplotlib figure; return it."""
+              nrow: int | None = None, figsize: tuple[float, float] | None = None, ncols: int = 4):
+    """Show one grid, or several with ``titles``, in a matplotlib figure; return it.
+
+    Several grids wrap after ``ncols`` panels (3.2 x 3.4 inches each), so six grids take two rows of a
+    page instead of one 20-inch strip that a notebook shrinks to thumbnails.
+    """
     import matplotlib.pyplot as plt
 
     groups = [images] if isinstance(images, torch.Tensor) else list(images)
     titles = list(titles or [""] * len(groups))
-    fig, axes = plt.subplots(1, len(groups), figsize=figsize or (3.2 * len(groups), 3.4), squeeze=False)
-    for ax, imgs, title in zip(axes[0], groups, titles):
+    if len(titles) != len(groups):
+        raise ValueError(f"show_grid got {len(groups)} grids but {len(titles)} titles")
+    cols = min(len(groups), positive_int(ncols, "ncols"))
+    rows = math.ceil(len(groups) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=figsize or (3.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, imgs, title in zip(axes.flat, groups, titles):
         ax.imshow(image_grid(imgs, nrow), cmap="gray", vmin=0, vmax=255)
         ax.set_title(title)
-        ax.axis("off")
     fig.tight_layout()
     return fig

@@ -17,7 +17,7 @@ from .figure_base import axes as _axes
 from .figure_base import close, data_uri, to_png
 from .plots_results import classic_accuracy, mask_distance_curve, plot_accuracy, quality_vs_sparsity, structured_tickets
 
-__all__ = ["loss_curve", "sparsity_curve", "sparsity_curve_interactive", "with_static", "WithStatic",
+__all__ = ["loss_curve", "loss_panels", "sparsity_curve", "sparsity_curve_interactive", "with_static", "WithStatic",
            "sparsity_heatmap", "image_panels", "to_png", "data_uri", "close", "plot_accuracy", "quality_vs_sparsity",
            "classic_accuracy", "mask_distance_curve", "structured_tickets"]
 
@@ -80,6 +80,53 @@ def loss_curve(losses: Mapping[str, Sequence[float]] | Sequence[float], *, smoot
     if len(series) > 1:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return fig
+
+
+def loss_panels(panels: Mapping[str, Mapping[str, Sequence[float]]], *, reference: tuple[str, Sequence[float]] | None = None,
+                ncols: int = 3, smooth: int | None = None, title: str = "training loss", logy: bool = True):
+    """Small multiples of :func:`loss_curve`: one panel per ``{panel title: {label: losses}}`` on shared
+    axes, a label keeping its colour in every panel, one legend below the panels.
+
+    ``reference``: ``(label, losses)`` drawn grey in every panel, e.g. the dense run beside each
+    sparsity's ticket and controls, so ten curves never share one axis.
+    """
+    import matplotlib.pyplot as plt
+
+    if not panels or not all(panels.values()):
+        raise ValueError("loss_panels needs at least one panel, each with at least one loss sequence")
+    ncols = min(len(panels), max(1, int(ncols)))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows + 0.8), sharex=True, sharey=True,
+                            squeeze=False, layout="constrained")
+    labels = list(dict.fromkeys(k for p in panels.values() for k in p))
+    colors = {k: f"C{i % 10}" for i, k in enumerate(labels)}
+    flat: list[float] = []
+    for ax in axs.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (name, series) in zip(axs.flat, panels.items()):
+        curves = ([(reference[0], reference[1], "0.55")] if reference else []) + \
+            [(k, v, colors[k]) for k, v in series.items()]
+        for label, values, color in curves:
+            values = [float(x) for x in values]
+            if not values:
+                continue
+            window = smooth if smooth is not None else max(1, len(values) // 50)
+            ax.plot(range(1, len(values) + 1), _smooth(values, window), color=color, label=label, linewidth=1.3)
+            flat += values
+        ax.set_title(str(name), fontsize=10)
+        ax.grid(alpha=0.3)
+    if logy and flat and min(flat) > 0:
+        axs[0, 0].set_yscale("log")
+        _readable_log_axis(axs[0, 0].yaxis, min(flat), max(flat))
+    for ax in axs[-1]:
+        ax.set_xlabel("step")
+    for ax in axs[:, 0]:
+        ax.set_ylabel("loss (moving average)")
+    handles = {h.get_label(): h for ax in axs.flat for h in ax.get_lines()}
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 5),
+               fontsize=9, frameon=False)
+    fig.suptitle(title)
     return fig
 
 
