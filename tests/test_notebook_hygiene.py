@@ -81,3 +81,49 @@ def test_committed_with_results_visible_without_javascript(nb):
     for b in bundles:
         if "application/vnd.plotly.v1+json" in b or "plotly" in str(b.get("text/html", ""))[:2000]:
             assert "image/png" in b, f"{nb.name}: an interactive figure without a static image (use plots.with_static)"
+
+
+def _texts(nb: Path) -> list[tuple[int, str]]:
+    """(cell index, text) of every committed text output: streams, text/plain, text/html and text/markdown."""
+    out = []
+    for i, c in enumerate(_cells(nb)):
+        for o in c.get("outputs", []) if c["cell_type"] == "code" else []:
+            parts = [o.get("text", "")] + [o.get("data", {}).get(k, "") for k in ("text/plain", "text/html", "text/markdown")]
+            out += [(i, "".join(p) if isinstance(p, list) else p) for p in parts if p]
+    return out
+
+
+# a tqdm line ("40%|####      | 200/500 [00:10<00:15]") or its widget's text twin ("40% 200/500")
+_PROGRESS = re.compile(r"\d+%\|[^|\n]*\|\s*\d+/\d+|\b\d{1,3}% \d+/\d+\b|\d+/\d+ \[\d\d:\d\d")
+_ABSOLUTE = re.compile(r"(?<![\w.:/])(/(?:home|root|work|tmp|Users|content|kaggle|private|var/folders)/|[A-Z]:\\\\)")
+_RAW_FLOAT = re.compile(r"(?<![\w.])\d+\.\d{7,}(?![\d])")
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_outputs_hold_no_paths_progress_remnants_raw_floats_or_errors(nb):
+    """A static rendering shows what the run found: no machine's absolute path, no half-drawn progress bar,
+    no 16-digit float, no traceback (the outputs come from ``.ci/execute_notebooks.py``)."""
+    cells = _cells(nb)
+    errors = [i for i, c in enumerate(cells) for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"{nb.name}: cells {errors} were committed with an error"
+    for i, text in _texts(nb):
+        for name, pattern in (("an absolute path", _ABSOLUTE), ("a progress-bar remnant", _PROGRESS),
+                              ("an unformatted float", _RAW_FLOAT)):
+            hit = pattern.search(text)
+            assert hit is None, f"{nb.name} cell {i} output holds {name}: {text[max(0, hit.start() - 40):hit.end() + 40]!r}"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_last_cell_states_what_the_notebook_found(nb):
+    """Every notebook ends with "What this shows": a code cell that writes the takeaway as Markdown from the
+    notebook's variables (placeholders, not typed numbers), committed with its numbers."""
+    cells = _cells(nb)
+    head, last = cells[-2], cells[-1]
+    assert head["cell_type"] == "markdown" and _src(head).startswith("## What this shows"), \
+        f"{nb.name}: the second-to-last cell must be the '## What this shows' heading"
+    src = _src(last)
+    assert last["cell_type"] == "code" and "Markdown(" in src, f"{nb.name}: the last cell must display Markdown"
+    assert len(re.findall(r"\{[^{}\n]+\}", src)) >= 3, f"{nb.name}: the takeaway must read its numbers from variables"
+    shown = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in last.get("outputs", []))
+    assert len(re.findall(r"\d+(?:\.\d+)?", shown)) >= 3, f"{nb.name}: the committed takeaway shows no numbers"
+    assert "seed" in shown.lower(), f"{nb.name}: the takeaway must say how many seeds it rests on"

@@ -25,6 +25,18 @@ def test_bar_heights_and_error_bars_are_the_table(tmp_path):
     assert stds == sorted(round(r["fid_std"], 6) for r in TABLE if r["variant"] != "dense")
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dense ± 1 std", "ticket", "scratch", "finetune"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["50% fewer MACs", "75% fewer MACs"]
+    assert ax.get_yscale() == "linear"  # bars within 3x of each other
+    close(fig)
+
+
+def test_a_wide_range_gets_a_log_axis_and_the_legend_stays_off_the_bars():
+    wide = [dict(r, fid_mean=r["fid_mean"] * (3 if r["sparsity"] == 0.75 else 1)) for r in TABLE]
+    fig = structured_tickets({"table": wide})
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # right of the axes, not over the bars
     close(fig)
 
 

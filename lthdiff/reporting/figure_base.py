@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["axes", "to_png", "data_uri", "close"]
+__all__ = ["axes", "to_png", "data_uri", "close", "readable_log_axis"]
 
 
 def axes(ax: Any, figsize: tuple[float, float]):
@@ -43,3 +43,13 @@ def close(fig: Any) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def readable_log_axis(axis: Any, lo: float, hi: float) -> None:
+    """Plain numbers (0.2, 0.5, 1 rather than 2x10^-1) on a log axis, 1-2-5 ticks per decade."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    subs = (1.0, 2.0, 5.0) if hi / lo > 3 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FormatStrFormatter("%.3g"))
+    axis.set_minor_formatter(NullFormatter())

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 # Figure helpers and the figures of recorded benchmark results live in their own modules; plots is
 # the one namespace notebooks and reports import.
 from .figure_base import axes as _axes
-from .figure_base import close, data_uri, to_png
+from .figure_base import close, data_uri, readable_log_axis as _readable_log_axis, to_png
 from .plots_results import classic_accuracy, mask_distance_curve, plot_accuracy, quality_vs_sparsity, structured_tickets
 
 __all__ = ["loss_curve", "loss_panels", "sparsity_curve", "sparsity_curve_interactive", "with_static", "WithStatic",
@@ -23,16 +23,6 @@ __all__ = ["loss_curve", "loss_panels", "sparsity_curve", "sparsity_curve_intera
 
 # Frankle & Carbin plot tickets against the percentage of weights remaining on a log axis
 _REMAINING = "weights remaining (%)"
-
-
-def _readable_log_axis(axis: Any, lo: float, hi: float) -> None:
-    """Plain numbers (0.2, 0.5, 1 rather than 2x10^-1) on a log axis, 1-2-5 ticks per decade."""
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
-
-    subs = (1.0, 2.0, 5.0) if hi / lo > 3 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
-    axis.set_major_locator(LogLocator(base=10, subs=subs))
-    axis.set_major_formatter(FormatStrFormatter("%.3g"))
-    axis.set_minor_formatter(NullFormatter())
 
 
 def _smooth(values: Sequence[float], window: int) -> list[float]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .figure_base import axes as _axes
+from .figure_base import readable_log_axis
 
 __all__ = ["plot_accuracy", "quality_vs_sparsity", "classic_accuracy", "mask_distance_curve", "structured_tickets"]
 
@@ -162,11 +163,14 @@ def mask_distance_curve(result: Any, *, eps: float | None = None, ax: Any = None
 
 
 def structured_tickets(results: str | os.PathLike | Mapping[str, Any], *, metric: str = "fid", ax: Any = None,
-                       title: str | None = None):
+                       title: str | None = None, logy: bool | None = None):
     """FID (or KID, ``metric="kid"``) per arm and MAC level from a recorded ``python -m lthdiff.bench
     structured-tickets`` result (its JSON file or the loaded dict): bars = mean over seeds, error bars
     = sample std, the dense model as a grey band (mean +- 1 std).  Arms: ticket (theta_0 at the kept
     channels, Frankle & Carbin 2019), scratch (Liu et al. 2019), finetune (Diff-Pruning, Fang et al. 2023).
+
+    ``logy``: a log y-axis; by default when the bars span more than 3x (FID ~25 at 75 % fewer MACs
+    would otherwise flatten the arms' differences at 50 %).
     """
     import json
 
@@ -192,8 +196,12 @@ def structured_tickets(results: str | os.PathLike | Mapping[str, Any], *, metric
         ax.bar(xs, [rows[lv][f"{metric}_mean"] for lv in levels if lv in rows], width, color=f"C{i}", label=arm,
                yerr=[rows[lv][f"{metric}_std"] for lv in levels if lv in rows], capsize=4)
     ax.set_xticks(range(len(levels)), [f"{lv:.0%} fewer MACs" for lv in levels])
-    ax.set_ylabel(f"{metric.upper()} (lower is better)")
-    ax.set_title(title or f"Structured tickets: {metric.upper()} per arm (mean ± std over seeds)")
-    ax.legend(fontsize=8)
+    means = [r[f"{metric}_mean"] for r in table if r[f"{metric}_mean"] > 0]
+    if logy or (logy is None and means and max(means) > 3 * min(means)):
+        ax.set_yscale("log")
+        readable_log_axis(ax.yaxis, min(means), max(means))
+    ax.set_ylabel(f"{metric.upper()} (lower is better{', log scale' if ax.get_yscale() == 'log' else ''})")
+    ax.set_title(title or f"Structured tickets: {metric.upper()} (mean ± std, seeds)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # off the bars
     ax.grid(alpha=0.3, axis="y")
     return fig
