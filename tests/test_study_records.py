@@ -305,3 +305,24 @@ def test_a_worker_skips_the_network_another_process_holds(tmp_path):
     assert Q.main(argv) == 0
     assert (tmp_path / "rec" / "s" / "seed_5" / "r00_ticket.json").exists()
     assert not list((tmp_path / "runs").glob("seed_*/lock_*"))  # a worker releases what it took
+
+
+def test_two_workers_share_one_seed_and_record_each_network_once(tmp_path):
+    """--jobs 2 on one seed: every planned network recorded exactly once, the same rows (and the same
+    masks) as one worker doing them all in order."""
+    base = ["--name", "s", "--steps", "20", "--rounds", "1", "--n", "8", "--sample-steps", "2", "--batch-size", "8",
+            "--seeds", "3", "--threads", "1"]
+    one = base + ["--records", str(tmp_path / "one"), "--run-root", str(tmp_path / "runs_one")]
+    two = base + ["--records", str(tmp_path / "two"), "--run-root", str(tmp_path / "runs_two"), "--jobs", "2"]
+    assert Q.main(one) == 0
+    assert Q.main(two) == 0
+    a, b = tmp_path / "one" / "s" / "seed_3", tmp_path / "two" / "s" / "seed_3"
+    plan = Q.plan({**SETTINGS, "schedule": [0.5]})
+    assert sorted(p.name for p in b.glob("r*.json")) == sorted(R.network_name(r, v) for r, v in plan)
+    for r, v in plan:
+        ra, rb = (json.loads((d / R.network_name(r, v)).read_text()) for d in (a, b))
+        for key in ("fid", "kid", "fid_test", "loss_at_init", "final_loss", "sparsity"):
+            assert ra[key] == rb[key], (r, v, key)
+    assert torch.equal(torch.cat([t.flatten() for t in R.load_mask(a / "mask_r01.npz").values()]),
+                       torch.cat([t.flatten() for t in R.load_mask(b / "mask_r01.npz").values()]))
+    assert not list((tmp_path / "runs_two").glob("seed_*/lock_*"))
