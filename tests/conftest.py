@@ -55,9 +55,19 @@ def _untracked(repo: Path) -> set[str] | None:
     return {line[3:] for line in out.splitlines() if line[:2] in ("??", "!!")}
 
 
+# What a test session writes into the checkout: quick-mode run folders (quick never shares a folder with a
+# full run, tests/test_notebook_hygiene.py), the FID reference caches and the lung-CT cache.
+_SESSION_OUTPUTS = ("fid_cache", "synthetic-lung-ct", "bench_results")
+
+
+def _session_output(rel: str) -> bool:
+    return any(part.endswith("_quick") or part in _SESSION_OUTPUTS for part in Path(rel).parts)
+
+
 def pytest_unconfigure(config):
-    """Remove what the session wrote into the checkout (notebook run folders, FID caches), never files
-    that were there before, never files git does not ignore (e.g. a study's records written meanwhile)."""
+    """Remove what the session wrote into the checkout (quick-mode notebook run folders, FID caches), never
+    files that were there before, never files git does not ignore (e.g. a study's records written meanwhile),
+    never a full run's folder that a notebook executing beside the tests is writing."""
     before = getattr(config, "_lthdiff_before", None)
     after = _untracked(_REPO)
     if before is None or after is None:
@@ -65,7 +75,7 @@ def pytest_unconfigure(config):
     for rel in sorted(after - before):
         path = _REPO / rel
         ignored = subprocess.run(["git", "-C", str(_REPO), "check-ignore", "-q", rel]).returncode == 0
-        if ignored and path.is_file() and "__pycache__" not in path.parts and ".egg-info" not in rel:
+        if ignored and _session_output(rel) and path.is_file() and "__pycache__" not in path.parts:
             path.unlink(missing_ok=True)
     for rel in sorted({str(Path(r).parent) for r in after - before}, key=len, reverse=True):
         d = _REPO / rel
