@@ -645,7 +645,7 @@ def _work(args: argparse.Namespace, budget: list[int], poll_s: float = 30.0) -> 
 
     settings = _settings(args)
     seeds: dict[int, _Seed] = {}
-    done_now = 0
+    done_now, said = 0, []
     threads = torch.get_num_threads()
     # one thread a process: two networks side by side on two cores (the result is bit-identical only
     # for the same thread count, so it is recorded with each network)
@@ -671,7 +671,9 @@ def _work(args: argparse.Namespace, budget: list[int], poll_s: float = 30.0) -> 
             if picked is None:
                 if not waiting:
                     return done_now
-                print(f"waiting for {'; '.join(waiting)}", flush=True)
+                if waiting != said:  # one line when what it waits for changes, not one every poll
+                    print(f"waiting for {'; '.join(waiting)}", flush=True)
+                    said = waiting
                 time.sleep(poll_s)
                 continue
             seed, r, variant, lock, record_dir, run_dir = picked
