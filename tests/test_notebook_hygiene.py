@@ -93,8 +93,8 @@ def _texts(nb: Path) -> list[tuple[int, str]]:
     return out
 
 
-# a tqdm line ("40%|####      | 200/500 [00:10<00:15]") or its widget's text twin ("40% 200/500")
-_PROGRESS = re.compile(r"\d+%\|[^|\n]*\|\s*\d+/\d+|\b\d{1,3}% \d+/\d+\b|\d+/\d+ \[\d\d:\d\d")
+# a tqdm line ("40%|####      | 200/500 [00:10<00:15, 3.1it/s]") or a part of one
+_PROGRESS = re.compile(r"\d+%\|[^|\n]*\|\s*\d+/\d+|\d+/\d+ \[\d\d:\d\d|\d\?*(?:it|s)/(?:s|it)\]")
 _ABSOLUTE = re.compile(r"(?<![\w.:/])(/(?:home|root|work|tmp|Users|content|kaggle|private|var/folders)/|[A-Z]:\\\\)")
 _RAW_FLOAT = re.compile(r"(?<![\w.])\d+\.\d{7,}(?![\d])")
 
