@@ -598,7 +598,10 @@ def ready(record_dir: str | Path, r: int, variant: str) -> bool:
 
 
 def _live(pid: str) -> bool:
-    return pid.isdigit() and Path(f"/proc/{pid}").exists() if Path("/proc").is_dir() else pid.isdigit()
+    """Whether process ``pid`` runs; without ``/proc`` every pid counts as live, so no lock is ever stolen."""
+    if not pid.isdigit():
+        return False
+    return Path(f"/proc/{pid}").exists() if Path("/proc").is_dir() else True
 
 
 def _lock(path: Path) -> bool:
