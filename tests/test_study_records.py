@@ -326,3 +326,16 @@ def test_two_workers_share_one_seed_and_record_each_network_once(tmp_path):
     assert torch.equal(torch.cat([t.flatten() for t in R.load_mask(a / "mask_r01.npz").values()]),
                        torch.cat([t.flatten() for t in R.load_mask(b / "mask_r01.npz").values()]))
     assert not list((tmp_path / "runs_two").glob("seed_*/lock_*"))
+
+
+def test_summary_reports_the_prune_and_continue_arm(tmp_path):
+    fids = {0: (1.0, [(0.9, 1.2), (1.3, 1.1)]), 1: (1.2, [(1.0, 1.5), (1.6, 1.4)])}
+    _hand_made_study(tmp_path, fids, conts={0: 1.0, 1: 1.2})
+    for seed, fid in ((0, 0.8), (1, 1.2)):  # per seed FID / dense: 0.8 / 1.0 and 1.2 / 1.2
+        R.write_network(tmp_path / f"seed_{seed}", _row(seed, 1, "continue", 0.5, fid, loss_at_init=0.05))
+    agg = Q.aggregate_records(tmp_path)
+    assert agg["complete"] is True  # the continue arm never makes the ticket arm partial
+    text = Q.study_summary(agg)
+    # mean(0.8, 1.0) = 0.9, sample std sqrt(0.02) = 0.141; the ticket (0.9, 1.0) wins seed 1 only
+    assert "Prune and continue" in text and "50.0%: 0.9 ± 0.14 (2 seeds)" in text
+    assert "against continue: 50.0% 1/2" in text

@@ -524,6 +524,12 @@ def study_summary(agg: dict[str, Any]) -> str:
                 wins.append(f"against {c}: " + ", ".join(got))
         body = (f"{match} Ticket FID / dense FID per sparsity, mean ± std (per seed): {ratios}. "
                 + (f"Seeds the ticket wins {'; '.join(wins)}." if wins else ""))
+        cont = [r for r in agg["table"] if r["variant"] == "continue"]
+        if cont:
+            body += (" Prune and continue (Jiang et al.'s released code: no rewinding, so the network at round r has "
+                     "trained (r + 1) T steps in all), FID / dense: " + "; ".join(
+                         f"{r['sparsity']:.1%}: {_fmt(r['ratio_to_dense_mean'])} ± {_fmt(r['ratio_to_dense_std'], 2)} "
+                         f"({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})" for r in cont) + ".")
     else:
         body = "No pruned network is recorded yet."
     conv = [c for c in agg["convergence"] if c.get("converged") is not None]
