@@ -675,8 +675,9 @@ def _work(args: argparse.Namespace, budget: list[int], poll_s: float = 30.0) -> 
                         break
                 if picked:
                     break
-                if todo and _held(run_dir):
-                    waiting.append(f"seed {seed}: {', '.join(_held(run_dir))}")
+                held = _held(run_dir) if todo else []
+                if held:
+                    waiting.append(f"seed {seed}: {', '.join(held)}")
             if picked is None:
                 if not waiting:
                     return done_now
