@@ -33,6 +33,15 @@ not used to decide.
 training T steps, chained over the same sparsities from the seed's dense round 0.  The chain carries
 trained weights, recorded with only their kept values (``weights_r00.safetensors`` for dense, ``weights_continue_r<RR>.safetensors``).
 
+**Late rewinding** (``--arms late``): IMP that rewinds to theta_K, the dense weights after K = T / 20
+steps (5 % of training; Frankle et al. 2019, "Stabilizing the Lottery Ticket Hypothesis", arXiv
+1903.01611, Sec. 3: rewind to iteration k with k 0.1-7 % of training, then train the remaining
+T - K steps), chained over the same sparsities: round 1 prunes the seed's dense round 0 (the
+ticket's ``mask_r01.npz``), round r > 1 prunes round r - 1 of this chain (``mask_late_r<RR>.npz``).
+theta_K is trained again from the seed (K steps, deterministic; its digest is in every row), so the
+arm too continues from the records.  It asks whether the ticket's first miss is an artefact of
+rewinding to iteration 0.
+
 ``--aggregate DIR [--out OUT]`` builds ``<name>.md``/``<name>.json`` from the records alone (in DIR by
 default): per sparsity FID/KID mean +- std, FID / dense per seed, seeds won against each control and
 against prune-and-continue, the matching sparsity (:func:`lthdiff.evaluation.verdict.matching_sparsity`), the
@@ -62,7 +71,8 @@ __all__ = ["loss_plateau", "converged", "plan", "ready", "run_network", "aggrega
 
 DATASET_DEFAULTS = {"digits": {"image_size": 16, "preset": "tiny", "extractor": "lthdiff-digits"},
                     "mnist5k": {"image_size": 32, "preset": "mnist32", "extractor": "lthdiff-mnist"}}
-ARMS = ("ticket", "continue")
+ARMS = ("ticket", "continue", "late")
+LATE_FRACTION = 20  # K = T // 20: 5 % of training, inside Frankle et al. 2019's 0.1-7 %
 CHECKPOINT_EVERY = 200  # as run_imp, so run directories of either resume each other
 
 
@@ -99,11 +109,11 @@ def plan(settings: dict[str, Any], arm: str = "ticket") -> list[tuple[int, str]]
     """The networks of one seed, in the order they are trained: ``(round, variant)``.
 
     Ticket arm: dense (round 0), dense at T/2 and continued to 1.5 T (the convergence check), then per
-    round the ticket and its controls.  Continue arm: ``continue`` at every pruned round.
+    round the ticket and its controls.  Continue and late arms: ``continue`` / ``late`` at every pruned round.
     """
     rounds = range(1, len(schedule(settings)) + 1)
-    if arm == "continue":
-        return [(r, "continue") for r in rounds]
+    if arm in ("continue", "late"):
+        return [(r, arm) for r in rounds]
     if arm != "ticket":
         raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}")
     out = [(0, "ticket"), (0, "dense_half"), (0, "dense_continued")]
@@ -141,11 +151,31 @@ class _Seed:
 
         if r == 0:
             return M.ones(self.theta0)
-        name = f"mask_r{r:02d}.npz" if arm == "ticket" or r == 1 else f"mask_continue_r{r:02d}.npz"
+        name = f"mask_r{r:02d}.npz" if arm == "ticket" or r == 1 else f"mask_{arm}_r{r:02d}.npz"
         path = self.record_dir / name
         if not path.exists():
             raise FileNotFoundError(f"{path} is not recorded yet: the previous round of seed {self.seed} comes first")
         return R.load_mask(path)
+
+
+def late_rewind_step(settings: dict[str, Any]) -> int:
+    """K of the late-rewinding arm, in training steps: T // 20 (5 % of training)."""
+    return int(settings["steps"]) // LATE_FRACTION
+
+
+def _theta_k(s: "_Seed") -> Any:
+    """The dense weights after K steps (the late-rewind point), trained from the seed once per run
+    directory: the first K steps of round 0, as training is deterministic by seed."""
+    from lthdiff import masks as M
+    from lthdiff.models.unets import load_model, save_model
+    from lthdiff.training.loop import train
+
+    k, path = late_rewind_step(s.settings), s.run_dir / "late" / "theta_k"
+    if not path.is_dir():  # save_model renames a finished folder into place
+        res = train(copy.deepcopy(s.theta0), s.ds, k, checkpoint_dir=s.run_dir / "late" / "ckpt_k", mask=M.ones(s.theta0),
+                    progress=False, **s.train_kw)
+        save_model(res.model, path)
+    return load_model(path)
 
 
 def _ema_from_checkpoint(template: Any, state: dict[str, Any]) -> Any:
@@ -249,7 +279,7 @@ def _network(s: _Seed, r: int, variant: str) -> dict[str, Any]:
         out = _from_dir(info, s.theta0, M.ones(s.theta0))
         out["extra"]["resumed_from"] = info.summary.get("resumed_from")
         return out
-    mask = s.mask(r, "continue" if variant == "continue" else "ticket")
+    mask = s.mask(r, variant if variant in ("continue", "late") else "ticket")
     rdir = s.run_dir / f"round_{r:02d}"
     if variant == "ticket":
         ndir, start = rdir, s.theta0
@@ -259,6 +289,10 @@ def _network(s: _Seed, r: int, variant: str) -> dict[str, Any]:
         prev_mask = s.mask(r - 1, "continue") if r > 1 else M.ones(s.theta0)
         start = copy.deepcopy(s.theta0)
         start.load_state_dict(R.load_kept_weights(prev, s.theta0.state_dict(), prev_mask))
+    elif variant == "late":
+        ndir, start = s.run_dir / "late" / f"round_{r:02d}", _theta_k(s)
+        steps = steps - late_rewind_step(s.settings)
+        extra.update({"rewind_step": late_rewind_step(s.settings), "theta_k_digest": tensors_digest(start.state_dict())})
     else:
         ndir = rdir / "controls" / variant
         ctx = RoundContext(round=r, target=M.sparsity(mask), mask=mask, trained=s.theta0, template=s.theta0,
@@ -280,13 +314,15 @@ def _network(s: _Seed, r: int, variant: str) -> dict[str, Any]:
         write_round(ndir, res, mask, r, extra={"target_sparsity": M.sparsity(mask), "variant": variant})
     info = RoundInfo.from_dir(ndir, variant=variant)
     out = _from_dir(info, start, mask)
+    out["extra"].update(extra)
     out["loss_at_init"] = loss_at_start(start, s.ds, mask, seed=0)
     trained = None
-    if variant == "ticket" and r < len(schedule(s.settings)):  # the next round's ticket mask
+    if variant in ("ticket", "late") and r < len(schedule(s.settings)):  # the next round's mask of this chain
         trained = info.load_model(ema=False)
         nxt = pruners.magnitude(trained, schedule(s.settings)[r], scope="global", mask=mask)
-        R.save_mask(s.record_dir / f"mask_r{r + 1:02d}.npz", nxt)
-        out["extra"]["next_mask"] = f"mask_r{r + 1:02d}.npz"
+        name = f"mask_r{r + 1:02d}.npz" if variant == "ticket" else f"mask_late_r{r + 1:02d}.npz"
+        R.save_mask(s.record_dir / name, nxt)
+        out["extra"]["next_mask"] = name
     last = r == len(schedule(s.settings))
     if (variant == "continue" and not last) or (variant == "ticket" and r == 0):
         # The prune-and-continue chain starts from trained weights, so they are recorded (kept values only).
@@ -365,7 +401,8 @@ def aggregate_records(study_dir: str | Path) -> dict[str, Any]:
     chain = [x for x in rows if x["variant"] in ("ticket", *common["controls"])]
     if not any(x["round"] == 0 and x["variant"] == "ticket" for x in chain):
         raise ValueError(f"{study_dir} holds no dense (round 0) record yet; nothing to compare with")
-    controls = list(common["controls"]) + (["continue"] if any(x["variant"] == "continue" for x in rows) else [])
+    # the other arms are compared with the ticket the way a control is (seeds won, matching sparsity)
+    controls = list(common["controls"]) + [a for a in ("continue", "late") if any(x["variant"] == a for x in rows)]
     s = summarize([x for x in rows if x["variant"] in ("ticket", *controls)], controls)
     s["matching_test_kid"] = matching_sparsity([x for x in chain if "kid_test" in x], "kid_test")
     dense_std = s["matching"]["dense_std"]
@@ -409,7 +446,7 @@ def aggregate_records(study_dir: str | Path) -> dict[str, Any]:
                  for k, v in sorted(init.items())]
     test = aggregate([x for x in rows if x["variant"] in ("ticket", *controls) and "kid_test" in x], "kid_test")
     expected = {st["seed"]: len(plan(st)) for st in settings}
-    progress = {st["seed"]: sum(1 for x in R.read_networks(d) if x["variant"] != "continue")
+    progress = {st["seed"]: sum(1 for x in R.read_networks(d) if x["variant"] not in ("continue", "late"))
                 for d, st in zip(dirs, settings)}
     return {"settings": common, "seeds": [st["seed"] for d, st in zip(dirs, settings) if R.read_networks(d)],
             "rows": rows, **s, "convergence": conv, "convergence_overall": overall,
@@ -591,7 +628,8 @@ def ready(record_dir: str | Path, r: int, variant: str) -> bool:
 
     Dense round 0 needs nothing; its T/2 and 1.5 T scores need round 0 recorded; a round-``r`` ticket
     or control needs ``mask_r<RR>.npz`` (pruned from round ``r - 1``'s ticket); a prune-and-continue
-    network needs the previous network's kept weights and its pruned mask.
+    network needs the previous network's kept weights and its pruned mask; a late-rewinding network
+    needs ``mask_r01.npz`` (round 1) or the mask pruned from the previous late network.
     """
     d = Path(record_dir)
     if r == 0:
@@ -600,6 +638,8 @@ def ready(record_dir: str | Path, r: int, variant: str) -> bool:
         weights = "weights_r00.safetensors" if r == 1 else f"weights_continue_r{r - 1:02d}.safetensors"
         mask = "mask_r01.npz" if r == 1 else f"mask_continue_r{r:02d}.npz"
         return (d / weights).exists() and (d / mask).exists()
+    if variant == "late":
+        return (d / ("mask_r01.npz" if r == 1 else f"mask_late_r{r:02d}.npz")).exists()
     return (d / f"mask_r{r:02d}.npz").exists()
 
 
