@@ -339,3 +339,42 @@ def test_summary_reports_the_prune_and_continue_arm(tmp_path):
     # mean(0.8, 1.0) = 0.9, sample std sqrt(0.02) = 0.141; the ticket (0.9, 1.0) wins seed 1 only
     assert "Prune and continue" in text and "50.0%: 0.9 ± 0.14 (2 seeds)" in text
     assert "against continue: 50.0% 1/2" in text
+
+
+def test_late_rewinding_arm_from_records_equals_run_imp_with_rewind_step(tmp_path):
+    """The late arm (theta_K, K = T // 20, trained again from the seed; masks from the records), one
+    network per fresh process state, equals run_imp(rewind="step:K") network for network."""
+    steps, seed, bs = 40, 4, 8
+    k = Q.late_rewind_step({"steps": steps})
+    assert k == 2
+    argv = ["--name", "s", "--steps", str(steps), "--rounds", "2", "--n", "8", "--sample-steps", "2",
+            "--batch-size", str(bs), "--seeds", str(seed), "--records", str(tmp_path / "rec"),
+            "--run-root", str(tmp_path / "runs"), "--max-networks", "1", "--arms", "late", "ticket",
+            "--controls", "--threads", str(torch.get_num_threads())]
+    ref = tmp_path / "imp"
+    run_imp(unet("tiny", seed=seed), load_dataset("digits", image_size=16), rounds=2, sparsity_schedule=[0.5, 0.75],
+            steps_per_round=steps, run_dir=ref, controls=(), seed=seed, batch_size=bs, lr=1e-3, rewind=f"step:{k}",
+            progress=False)
+    imp = IMPResult.load(ref)
+    rec = tmp_path / "rec" / "s" / f"seed_{seed}"
+    while not (rec / "r02_late.json").exists() or not (rec / "mask_r02.npz").exists():
+        shutil.rmtree(tmp_path / "runs", ignore_errors=True)  # a fresh machine: only the records remain
+        assert Q.main(argv) == 0
+        late2 = tmp_path / "runs" / f"seed_{seed}" / "late" / "round_02"
+        if late2.is_dir() and not (tmp_path / "late2").exists():  # the next pass wipes it
+            shutil.copytree(late2, tmp_path / "late2")
+    for r in (1, 2):
+        got = RoundInfo.from_dir(tmp_path / "late2") if r == 2 else None
+        row = json.loads((rec / R.network_name(r, "late")).read_text())
+        assert row["steps"] == steps - k and row["rewind_step"] == k
+        assert row["sparsity"] == pytest.approx(imp.rounds[r].sparsity)
+        assert row["loss_at_init"] == pytest.approx(imp.rounds[r].loss_at_init, rel=1e-6)
+        if got is not None:
+            want = imp.rounds[r]
+            assert all(torch.equal(a, b) for a, b in zip(got.load_model(ema=False).state_dict().values(),
+                                                         want.load_model(ema=False).state_dict().values()))
+    # round 2's mask was pruned from the late round 1, not from the ticket's round 1
+    late2 = torch.cat([t.flatten() for t in R.load_mask(rec / "mask_late_r02.npz").values()])
+    want2 = torch.cat([t.flatten() for t in imp.rounds[2].load_mask().values()])
+    tick2 = torch.cat([t.flatten() for t in R.load_mask(rec / "mask_r02.npz").values()])
+    assert torch.equal(late2, want2) and not torch.equal(late2, tick2)
