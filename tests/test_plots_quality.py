@@ -17,7 +17,8 @@ def test_quality_vs_sparsity_draws_band_lines_and_matching():
     fig = plots.quality_vs_sparsity(aggregate(ROWS), matching=0.5)
     ax = fig.axes[0]
     labels = ax.get_legend_handles_labels()[1]
-    assert labels[:1] == ["dense ± 1 std"] and "ticket" in labels and "random_reinit" in labels
+    names = plots.VARIANT_LABELS
+    assert labels[:1] == ["dense ± 1 std"] and names["ticket"] in labels and names["random_reinit"] in labels
     assert "matching sparsity 50.0%" in labels
     band = ax.patches[0]
     ys = band.get_patch_transform().transform(band.get_path().vertices)[:, 1]
@@ -25,7 +26,7 @@ def test_quality_vs_sparsity_draws_band_lines_and_matching():
     assert (lo, hi) == pytest.approx((10.5 - 0.5 ** 0.5, 10.5 + 0.5 ** 0.5))  # mean 10.5, sample std sqrt(.5)
     # x: weights remaining on a log axis, sparser to the right
     assert ax.get_xscale() == "log" and ax.get_xlim()[0] > ax.get_xlim()[1]
-    ticket = next(c for c in ax.containers if c.get_label() == "ticket").lines[0]
+    ticket = next(c for c in ax.containers if c.get_label() == names["ticket"]).lines[0]
     assert list(ticket.get_xdata()) == pytest.approx([100, 50, 25])
     assert list(ticket.get_ydata()) == pytest.approx([10.5, 11.0, 11.5])
     legend = ax.get_legend().get_window_extent()

@@ -261,6 +261,11 @@ def test_ready_follows_the_chain_from_the_records(tmp_path):
     assert not Q.ready(d, 2, "continue")  # the weights without their pruned mask
     R.save_mask(d / "mask_continue_r02.npz", M.ones(model))
     assert Q.ready(d, 2, "continue")
+    assert Q.ready(d, 1, "late") and not Q.ready(d, 2, "late")  # round 2 needs the late chain's own mask
+    R.save_mask(d / "mask_r02.npz", M.ones(model))
+    assert not Q.ready(d, 2, "late")
+    R.save_mask(d / "mask_late_r02.npz", M.ones(model))
+    assert Q.ready(d, 2, "late")
 
 
 def test_lock_refuses_a_live_holder_and_takes_a_stale_one(tmp_path):
@@ -338,7 +343,18 @@ def test_summary_reports_the_prune_and_continue_arm(tmp_path):
     text = Q.study_summary(agg)
     # mean(0.8, 1.0) = 0.9, sample std sqrt(0.02) = 0.141; the ticket (0.9, 1.0) wins seed 1 only
     assert "Prune and continue" in text and "50.0%: 0.9 ± 0.14 (2 seeds)" in text
+    # dense 1.0, 1.2: bound 1.1 + 0.141; continue's mean FID 1.0 at 50 % matches, 75 % is not recorded yet
+    assert "it matches up to 50.0% so far (not yet recorded at 75.0%)" in text
+    for seed, fid in ((0, 1.5), (1, 1.4)):
+        R.write_network(tmp_path / f"seed_{seed}", _row(seed, 2, "continue", 0.75, fid, loss_at_init=0.05))
+    assert "it matches up to 50.0% (first miss 75.0%)" in Q.study_summary(Q.aggregate_records(tmp_path))
     assert "against continue: 50.0% 1/2" in text
+    for seed, fid in ((0, 1.3), (1, 1.3)):  # late rewinding: mean 1.3 > the bound 1.241 at 50 %
+        R.write_network(tmp_path / f"seed_{seed}", _row(seed, 1, "late", 0.5, fid, rewind_step=2))
+    agg = Q.aggregate_records(tmp_path)
+    text = Q.study_summary(agg)
+    assert agg["complete"] is True and "Late rewinding to theta_K (K = T / 20 = 2 steps" in text
+    assert "it matches up to 0.0% (first miss 50.0%)" in text and "against late: 50.0% 2/2" in text
 
 
 def test_late_rewinding_arm_from_records_equals_run_imp_with_rewind_step(tmp_path):

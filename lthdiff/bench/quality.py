@@ -499,14 +499,35 @@ def markdown(name: str, agg: dict[str, Any]) -> str:
             + markdown_table(lines, list(dict.fromkeys(k for line in lines for k in line)))
             + f"\n**Matching sparsity** (ticket mean FID <= dense {_fmt(m['dense_mean'])} + 1 std "
             f"{_fmt(m['dense_std'], 2)} = {_fmt(m['bound'])} there and at every lower sparsity): "
-            f"**{m['sparsity']:.1%}**{miss}.\n\n"
+            f"**{m['sparsity']:.1%}**{miss}. "
+            + "The same bound for the other variants: " + "; ".join(
+                f"{v} {_matching_text(mc, agg['table'])}" for v, mc in agg["matching_controls"].items()) + ".\n\n"
             "## Converged?\n\nDense at T/2 and T, and continued from its final checkpoint (optimizer state "
             "included) to 1.5 T. Converged: |FID(1.5T) - FID(T)| <= max(dense FID std over seeds, 5 % of "
             "FID(T)) and the mean loss over the last 10 % of 1.5 T within 5 % of that over the last 10 % of T.\n\n"
             + markdown_table(conv_rows) + _overall_text(agg.get("convergence_overall"))
             + "\n## Loss at init\n\nThe diffusion loss of each network's starting weights (theta_0 * m for a "
-            "ticket, the fresh init * m for random reinit) on one fixed batch of 256 training images, noise and "
+            "ticket, the fresh init * m for random reinit, the previous network's trained weights * m for prune and "
+            "continue, theta_K * m for late rewinding) on one fixed batch of 256 training images, noise and "
             "timesteps, before any training (predicting zero noise scores about 1).\n\n" + markdown_table(init_rows))
+
+
+def _arm_names(settings: dict[str, Any]) -> dict[str, str]:
+    """How the summary names the arms other than the ticket's IMP chain."""
+    return {"continue": "Prune and continue (Jiang et al.'s released code: no rewinding, so the network at round r "
+                        "has trained (r + 1) T steps in all)",
+            "late": f"Late rewinding to theta_K (K = T / {LATE_FRACTION} = {late_rewind_step(settings)} steps, Frankle "
+                    "et al. 2019; each network then trains T - K steps)"}
+
+
+def _matching_text(m: dict[str, Any], table: Sequence[dict[str, Any]]) -> str:
+    """A variant's matching sparsity in words; a sparsity it has no network at yet is not called a miss."""
+    if m["first_miss"] is None:
+        return f"{m['sparsity']:.1%} (no recorded sparsity misses)"
+    there = any(r["variant"] == m["variant"] and math.isclose(r["sparsity"], m["first_miss"], abs_tol=5e-4) for r in table)
+    if not there:
+        return f"{m['sparsity']:.1%} so far (not yet recorded at {m['first_miss']:.1%})"
+    return f"{m['sparsity']:.1%} (first miss {m['first_miss']:.1%})"
 
 
 def _overall_text(o: dict[str, Any] | None) -> str:
@@ -561,12 +582,13 @@ def study_summary(agg: dict[str, Any]) -> str:
                 wins.append(f"against {c}: " + ", ".join(got))
         body = (f"{match} Ticket FID / dense FID per sparsity, mean ± std (per seed): {ratios}. "
                 + (f"Seeds the ticket wins {'; '.join(wins)}." if wins else ""))
-        cont = [r for r in agg["table"] if r["variant"] == "continue"]
-        if cont:
-            body += (" Prune and continue (Jiang et al.'s released code: no rewinding, so the network at round r has "
-                     "trained (r + 1) T steps in all), FID / dense: " + "; ".join(
-                         f"{r['sparsity']:.1%}: {_fmt(r['ratio_to_dense_mean'])} ± {_fmt(r['ratio_to_dense_std'], 2)} "
-                         f"({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})" for r in cont) + ".")
+        for arm, what in _arm_names(st).items():
+            got = [r for r in agg["table"] if r["variant"] == arm]
+            if got:
+                body += (f" {what}, FID / dense: " + "; ".join(
+                    f"{r['sparsity']:.1%}: {_fmt(r['ratio_to_dense_mean'])} ± {_fmt(r['ratio_to_dense_std'], 2)} "
+                    f"({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})" for r in got)
+                    + f"; it matches up to {_matching_text(agg['matching_controls'][arm], agg['table'])}.")
     else:
         body = "No pruned network is recorded yet."
     conv = [c for c in agg["convergence"] if c.get("converged") is not None]

@@ -10,7 +10,13 @@ from typing import Any, Mapping, Sequence
 from .figure_base import axes as _axes
 from .figure_base import readable_log_axis
 
-__all__ = ["plot_accuracy", "quality_vs_sparsity", "classic_accuracy", "mask_distance_curve", "structured_tickets"]
+__all__ = ["plot_accuracy", "quality_vs_sparsity", "classic_accuracy", "mask_distance_curve", "structured_tickets",
+           "VARIANT_LABELS"]
+
+# Legend names of the variants (ticket, controls, study arms); anything else is shown as it is named.
+VARIANT_LABELS = {"ticket": "ticket (IMP, rewound)", "random_reinit": "random reinit", "random_mask": "random mask",
+                  "one_shot": "one-shot pruning", "continue": "prune and continue (no rewind)",
+                  "late": "late rewind (theta_K)"}
 
 
 def plot_accuracy(df, ax=None, variants: Sequence[str] | None = None, title: str | None = None):
@@ -27,7 +33,7 @@ def plot_accuracy(df, ax=None, variants: Sequence[str] | None = None, title: str
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
 
-    labels = {"ticket": "winning ticket (rewind)", "random_reinit": "random reinit", "random_mask": "random mask"}
+    labels = VARIANT_LABELS
     if variants is None:  # ticket first, then the controls, whatever order the rows came in
         present = list(dict.fromkeys(df["variant"]))
         variants = [v for v in labels if v in present] + [v for v in present if v not in labels]
@@ -84,7 +90,8 @@ def quality_vs_sparsity(table: Any, *, metric: str = "fid", ax: Any = None, matc
     for i, v in enumerate(variants):
         g = pd.concat([dense, df[df["variant"] == v]]).sort_values("sparsity")  # every line starts at dense
         ax.errorbar(100 * (1 - g["sparsity"]), g[mean], yerr=g[std], marker="o", ms=4, capsize=3,
-                    color=f"C{i % 10}", lw=2 if v == "ticket" else 1.2, ls="-" if v == "ticket" else "--", label=v)
+                    color=f"C{i % 10}", lw=2 if v == "ticket" else 1.2, ls="-" if v == "ticket" else "--",
+                    label=VARIANT_LABELS.get(v, v))
     if matching is not None:
         ax.axvline(100 * (1 - matching), color="C0", ls=":", lw=1, label=f"matching sparsity {matching:.1%}")
     ax.set_xscale("log")
