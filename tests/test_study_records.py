@@ -394,3 +394,19 @@ def test_late_rewinding_arm_from_records_equals_run_imp_with_rewind_step(tmp_pat
     want2 = torch.cat([t.flatten() for t in imp.rounds[2].load_mask().values()])
     tick2 = torch.cat([t.flatten() for t in R.load_mask(rec / "mask_r02.npz").values()])
     assert torch.equal(late2, want2) and not torch.equal(late2, tick2)
+
+
+def test_mask_overlap_of_the_arms_from_recorded_masks(tmp_path):
+    d = tmp_path / "seed_0"
+    d.mkdir()
+    keep = lambda *idx: {"w": torch.tensor([i in idx for i in range(8)])}
+    R.save_mask(d / "mask_r02.npz", keep(0, 1))
+    R.save_mask(d / "mask_continue_r02.npz", keep(1, 2))
+    R.save_mask(d / "mask_late_r03.npz", keep(5))  # round 3 of one arm only: no pair
+    rows = Q.mask_overlap(tmp_path)
+    assert len(rows) == 1
+    (row,) = rows
+    # kept {0, 1} and {1, 2}: intersection 1, union 3; two independent masks at density 1/4: 1/16 / (7/16)
+    assert row["pair"] == "ticket / continue" and row["round"] == 2 and row["sparsity"] == pytest.approx(0.75)
+    assert row["jaccard_mean"] == pytest.approx(1 / 3) and row["chance_jaccard"] == pytest.approx(1 / 7)
+    assert "## Do the arms find the same weights?" in Q._overlap_section(rows)

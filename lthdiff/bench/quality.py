@@ -450,8 +450,42 @@ def aggregate_records(study_dir: str | Path) -> dict[str, Any]:
                 for d, st in zip(dirs, settings)}
     return {"settings": common, "seeds": [st["seed"] for d, st in zip(dirs, settings) if R.read_networks(d)],
             "rows": rows, **s, "convergence": conv, "convergence_overall": overall,
-            "loss_at_init": init_rows, "kid_test_table": test, "networks_recorded": progress,
+            "loss_at_init": init_rows, "kid_test_table": test, "mask_overlap": mask_overlap(study_dir),
+            "networks_recorded": progress,
             "networks_planned": expected, "complete": all(progress[k] >= expected[k] for k in expected)}
+
+
+# the recorded mask each arm trains at round r (round 1 is the same for all: dense round 0 pruned once)
+_ARM_MASK = {"ticket": "mask_r{r:02d}.npz", "continue": "mask_continue_r{r:02d}.npz", "late": "mask_late_r{r:02d}.npz"}
+
+
+def mask_overlap(study_dir: str | Path) -> list[dict[str, Any]]:
+    """Do the arms find the same weights?  Per round r >= 2 and pair of arms whose masks are recorded
+    for a seed: the Jaccard overlap (IoU) of the kept weights (:func:`lthdiff.masks.similarity`,
+    overall), mean +- std over seeds, and the overlap of two independent random masks of the same
+    densities (:func:`lthdiff.masks.chance_jaccard`).  Read from the recorded masks alone."""
+    import itertools
+
+    from lthdiff import masks as M
+
+    found: dict[tuple[int, str, str], list[tuple[float, float, float]]] = {}
+    for d in R.seed_dirs(study_dir):
+        r = 2
+        while any((d / f.format(r=r)).exists() for f in _ARM_MASK.values()):
+            got = {arm: R.load_mask(d / f.format(r=r)) for arm, f in _ARM_MASK.items() if (d / f.format(r=r)).exists()}
+            for a, b in itertools.combinations(got, 2):
+                row = M.similarity(got[a], got[b], by="overall").iloc[0]
+                da, db = row["kept_a"] / row["total"], row["kept_b"] / row["total"]
+                found.setdefault((r, a, b), []).append((float(row["jaccard"]), float(M.chance_jaccard(da, db)),
+                                                        float(1 - da)))
+            r += 1
+    out = []
+    for (r, a, b), v in sorted(found.items()):
+        j = [x[0] for x in v]
+        out.append({"round": r, "sparsity": statistics.mean(x[2] for x in v), "pair": f"{a} / {b}",
+                    "jaccard_mean": statistics.mean(j), "jaccard_std": statistics.stdev(j) if len(j) > 1 else 0.0,
+                    "seeds": len(j), "chance_jaccard": statistics.mean(x[1] for x in v)})
+    return out
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -509,7 +543,19 @@ def markdown(name: str, agg: dict[str, Any]) -> str:
             + "\n## Loss at init\n\nThe diffusion loss of each network's starting weights (theta_0 * m for a "
             "ticket, the fresh init * m for random reinit, the previous network's trained weights * m for prune and "
             "continue, theta_K * m for late rewinding) on one fixed batch of 256 training images, noise and "
-            "timesteps, before any training (predicting zero noise scores about 1).\n\n" + markdown_table(init_rows))
+            "timesteps, before any training (predicting zero noise scores about 1).\n\n" + markdown_table(init_rows)
+            + _overlap_section(agg.get("mask_overlap") or []))
+
+
+def _overlap_section(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    table = [{"round": r["round"], "sparsity": f"{r['sparsity']:.1%}", "masks": r["pair"], "seeds": r["seeds"],
+              "Jaccard (IoU of kept weights)": f"{_fmt(r['jaccard_mean'])} ± {_fmt(r['jaccard_std'], 2)}",
+              "random masks": _fmt(r["chance_jaccard"])} for r in rows]
+    return ("\n## Do the arms find the same weights?\n\nJaccard overlap of the masks two arms train at the same "
+            "round (round 1 is shared: dense round 0 pruned once), against two independent random masks of the same "
+            "densities.\n\n" + markdown_table(table))
 
 
 def _arm_names(settings: dict[str, Any]) -> dict[str, str]:
