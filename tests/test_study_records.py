@@ -410,3 +410,18 @@ def test_mask_overlap_of_the_arms_from_recorded_masks(tmp_path):
     assert row["pair"] == "ticket / continue" and row["round"] == 2 and row["sparsity"] == pytest.approx(0.75)
     assert row["jaccard_mean"] == pytest.approx(1 / 3) and row["chance_jaccard"] == pytest.approx(1 / 7)
     assert "## Do the arms find the same weights?" in Q._overlap_section(rows)
+
+
+def test_late_arm_warns_when_theta_k_differs_from_the_recorded_one(tmp_path):
+    argv = ["--name", "s", "--steps", "20", "--rounds", "2", "--n", "8", "--sample-steps", "2", "--batch-size", "8",
+            "--seeds", "2", "--records", str(tmp_path / "rec"), "--run-root", str(tmp_path / "runs"),
+            "--arms", "ticket", "late", "--controls"]
+    rec = tmp_path / "rec" / "s" / "seed_2"
+    while not (rec / "mask_late_r02.npz").exists():
+        assert Q.main(argv + ["--max-networks", "1"]) == 0
+    row = json.loads((rec / "r01_late.json").read_text())
+    # as if recorded on another device (write_network refuses to overwrite a record, rightly)
+    (rec / "r01_late.json").write_text(json.dumps({**row, "theta_k_digest": "0" * 64}))
+    with pytest.warns(UserWarning, match="differs from the recorded late networks' \\(000000000000\\)"):
+        assert Q.main(argv) == 0
+    assert json.loads((rec / "r02_late.json").read_text())["theta_k_digest"] == row["theta_k_digest"]

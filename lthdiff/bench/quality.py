@@ -293,6 +293,14 @@ def _network(s: _Seed, r: int, variant: str) -> dict[str, Any]:
         ndir, start = s.run_dir / "late" / f"round_{r:02d}", _theta_k(s)
         steps = steps - late_rewind_step(s.settings)
         extra.update({"rewind_step": late_rewind_step(s.settings), "theta_k_digest": tensors_digest(start.state_dict())})
+        before = {x.get("theta_k_digest") for x in R.read_networks(s.record_dir) if x["variant"] == "late"} - {None}
+        if before and extra["theta_k_digest"] not in before:
+            import warnings
+
+            # Another device or thread count rounds differently: the chain goes on, but from another start.
+            warnings.warn(f"seed {s.seed}: theta_K retrained here (digest {extra['theta_k_digest'][:12]}) differs from "
+                          f"the recorded late networks' ({', '.join(sorted(d[:12] for d in before))}); the record "
+                          "keeps both digests", stacklevel=2)
     else:
         ndir = rdir / "controls" / variant
         ctx = RoundContext(round=r, target=M.sparsity(mask), mask=mask, trained=s.theta0, template=s.theta0,
