@@ -425,3 +425,16 @@ def test_late_arm_warns_when_theta_k_differs_from_the_recorded_one(tmp_path):
     with pytest.warns(UserWarning, match="differs from the recorded late networks' \\(000000000000\\)"):
         assert Q.main(argv) == 0
     assert json.loads((rec / "r02_late.json").read_text())["theta_k_digest"] == row["theta_k_digest"]
+
+
+def test_a_worker_starts_the_seed_with_the_most_networks_left(tmp_path):
+    """Seed 5 has its dense network recorded, seed 6 nothing: with --seeds 5 6 the next network is seed 6's
+    (its chain is the longer sequential path), not seed 5's next one."""
+    base = ["--name", "s", "--steps", "20", "--rounds", "1", "--n", "8", "--sample-steps", "2", "--batch-size", "8",
+            "--records", str(tmp_path / "rec"), "--run-root", str(tmp_path / "runs"), "--max-networks", "1"]
+    assert Q.main(base + ["--seeds", "5"]) == 0
+    assert Q.main(base + ["--seeds", "5", "6"]) == 0
+    names = lambda seed: sorted(p.name for p in (tmp_path / "rec" / "s" / f"seed_{seed}").glob("r*.json"))
+    assert names(5) == ["r00_ticket.json"] and names(6) == ["r00_ticket.json"]
+    assert Q.main(base + ["--seeds", "6", "5"]) == 0  # a tie: the --seeds order decides
+    assert len(names(6)) == 2 and len(names(5)) == 1

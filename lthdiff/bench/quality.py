@@ -762,9 +762,10 @@ def _work(args: argparse.Namespace, budget: list[int], poll_s: float = 30.0) -> 
     """One worker: train, score and record networks until none is left; returns how many it did.
 
     Workers share the work through the records and one lock file per network, so ``--jobs J`` (or
-    J commands on one machine) train J networks side by side, also of one seed: each takes, in the
-    order of ``--seeds`` and :func:`plan`, the first unrecorded network whose inputs are recorded
-    (:func:`ready`) and that no live process holds; it waits while the rest wait on held networks.
+    J commands on one machine) train J networks side by side, also of one seed: each takes, from the
+    seed with the most networks left (ties: the order of ``--seeds``) and in the order of :func:`plan`,
+    the first unrecorded network whose inputs are recorded (:func:`ready`) and that no live process
+    holds; it waits while the rest wait on held networks.
     """
     import torch
 
@@ -777,21 +778,25 @@ def _work(args: argparse.Namespace, budget: list[int], poll_s: float = 30.0) -> 
     torch.set_num_threads(args.threads)
     try:
         while budget[0] != 0:
-            picked, waiting = None, []
+            picked, waiting, left = None, [], {}
             for seed in args.seeds:
+                record_dir = Path(args.records) / args.name / f"seed_{seed}"
+                done = _done(record_dir)
+                left[seed] = [(r, v) for arm in args.arms for r, v in plan(settings, arm) if (r, v) not in done]
+            # The seed with the most networks left first (ties: --seeds order): its chain is the longest
+            # sequential path, so starting it early keeps every worker busy to the end.
+            for seed in sorted(args.seeds, key=lambda x: -len(left[x])):
                 record_dir = Path(args.records) / args.name / f"seed_{seed}"
                 run_dir = Path(args.run_root) / f"seed_{seed}"
                 run_dir.mkdir(parents=True, exist_ok=True)
-                done = _done(record_dir)
-                todo = [(r, v) for arm in args.arms for r, v in plan(settings, arm) if (r, v) not in done]
-                for r, variant in todo:
+                for r, variant in left[seed]:
                     lock = run_dir / f"lock_{R.network_name(r, variant)[:-5]}"
                     if ready(record_dir, r, variant) and _lock(lock):
                         picked = (seed, r, variant, lock, record_dir, run_dir)
                         break
                 if picked:
                     break
-                held = _held(run_dir) if todo else []
+                held = _held(run_dir) if left[seed] else []
                 if held:
                     waiting.append(f"seed {seed}: {', '.join(held)}")
             if picked is None:
