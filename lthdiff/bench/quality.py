@@ -72,6 +72,7 @@ __all__ = ["loss_plateau", "converged", "plan", "ready", "run_network", "aggrega
 DATASET_DEFAULTS = {"digits": {"image_size": 16, "preset": "tiny", "extractor": "lthdiff-digits"},
                     "mnist5k": {"image_size": 32, "preset": "mnist32", "extractor": "lthdiff-mnist"}}
 ARMS = ("ticket", "continue", "late")
+CHAINS = ARMS[1:]  # the arms beside the ticket's IMP chain, one network per pruned round
 LATE_FRACTION = 20  # K = T // 20: 5 % of training, inside Frankle et al. 2019's 0.1-7 %
 CHECKPOINT_EVERY = 200  # as run_imp, so run directories of either resume each other
 
@@ -112,7 +113,7 @@ def plan(settings: dict[str, Any], arm: str = "ticket") -> list[tuple[int, str]]
     round the ticket and its controls.  Continue and late arms: ``continue`` / ``late`` at every pruned round.
     """
     rounds = range(1, len(schedule(settings)) + 1)
-    if arm in ("continue", "late"):
+    if arm in CHAINS:
         return [(r, arm) for r in rounds]
     if arm != "ticket":
         raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}")
@@ -120,6 +121,12 @@ def plan(settings: dict[str, Any], arm: str = "ticket") -> list[tuple[int, str]]
     for r in rounds:
         out += [(r, "ticket")] + [(r, c) for c in settings["controls"]]
     return out
+
+
+def mask_name(arm: str, r: int) -> str:
+    """The recorded mask an arm's round-``r`` network trains with: round 1 is shared by every arm (dense
+    round 0 pruned once, ``mask_r01.npz``); later rounds prune the arm's own previous network."""
+    return f"mask_r{r:02d}.npz" if arm == "ticket" or r == 1 else f"mask_{arm}_r{r:02d}.npz"
 
 
 def _done(seed_dir: Path) -> set[tuple[int, str]]:
@@ -151,8 +158,7 @@ class _Seed:
 
         if r == 0:
             return M.ones(self.theta0)
-        name = f"mask_r{r:02d}.npz" if arm == "ticket" or r == 1 else f"mask_{arm}_r{r:02d}.npz"
-        path = self.record_dir / name
+        path = self.record_dir / mask_name(arm, r)
         if not path.exists():
             raise FileNotFoundError(f"{path} is not recorded yet: the previous round of seed {self.seed} comes first")
         return R.load_mask(path)
@@ -279,7 +285,7 @@ def _network(s: _Seed, r: int, variant: str) -> dict[str, Any]:
         out = _from_dir(info, s.theta0, M.ones(s.theta0))
         out["extra"]["resumed_from"] = info.summary.get("resumed_from")
         return out
-    mask = s.mask(r, variant if variant in ("continue", "late") else "ticket")
+    mask = s.mask(r, variant if variant in CHAINS else "ticket")
     rdir = s.run_dir / f"round_{r:02d}"
     if variant == "ticket":
         ndir, start = rdir, s.theta0
@@ -328,7 +334,7 @@ def _network(s: _Seed, r: int, variant: str) -> dict[str, Any]:
     if variant in ("ticket", "late") and r < len(schedule(s.settings)):  # the next round's mask of this chain
         trained = info.load_model(ema=False)
         nxt = pruners.magnitude(trained, schedule(s.settings)[r], scope="global", mask=mask)
-        name = f"mask_r{r + 1:02d}.npz" if variant == "ticket" else f"mask_late_r{r + 1:02d}.npz"
+        name = mask_name(variant, r + 1)
         R.save_mask(s.record_dir / name, nxt)
         out["extra"]["next_mask"] = name
     last = r == len(schedule(s.settings))
@@ -340,7 +346,7 @@ def _network(s: _Seed, r: int, variant: str) -> dict[str, Any]:
             R.save_kept_weights(wpath, trained.state_dict(), mask)
         if variant == "continue":
             nxt = pruners.magnitude(trained, schedule(s.settings)[r], scope="global", mask=mask)
-            R.save_mask(s.record_dir / f"mask_continue_r{r + 1:02d}.npz", nxt)
+            R.save_mask(s.record_dir / mask_name("continue", r + 1), nxt)
     return out
 
 
@@ -410,7 +416,7 @@ def aggregate_records(study_dir: str | Path) -> dict[str, Any]:
     if not any(x["round"] == 0 and x["variant"] == "ticket" for x in chain):
         raise ValueError(f"{study_dir} holds no dense (round 0) record yet; nothing to compare with")
     # the other arms are compared with the ticket the way a control is (seeds won, matching sparsity)
-    controls = list(common["controls"]) + [a for a in ("continue", "late") if any(x["variant"] == a for x in rows)]
+    controls = list(common["controls"]) + [a for a in CHAINS if any(x["variant"] == a for x in rows)]
     s = summarize([x for x in rows if x["variant"] in ("ticket", *controls)], controls)
     s["matching_test_kid"] = matching_sparsity([x for x in chain if "kid_test" in x], "kid_test")
     dense_std = s["matching"]["dense_std"]
@@ -454,17 +460,13 @@ def aggregate_records(study_dir: str | Path) -> dict[str, Any]:
                  for k, v in sorted(init.items())]
     test = aggregate([x for x in rows if x["variant"] in ("ticket", *controls) and "kid_test" in x], "kid_test")
     expected = {st["seed"]: len(plan(st)) for st in settings}
-    progress = {st["seed"]: sum(1 for x in R.read_networks(d) if x["variant"] not in ("continue", "late"))
+    progress = {st["seed"]: sum(1 for x in R.read_networks(d) if x["variant"] not in CHAINS)
                 for d, st in zip(dirs, settings)}
     return {"settings": common, "seeds": [st["seed"] for d, st in zip(dirs, settings) if R.read_networks(d)],
             "rows": rows, **s, "convergence": conv, "convergence_overall": overall,
             "loss_at_init": init_rows, "kid_test_table": test, "mask_overlap": mask_overlap(study_dir),
             "networks_recorded": progress,
             "networks_planned": expected, "complete": all(progress[k] >= expected[k] for k in expected)}
-
-
-# the recorded mask each arm trains at round r (round 1 is the same for all: dense round 0 pruned once)
-_ARM_MASK = {"ticket": "mask_r{r:02d}.npz", "continue": "mask_continue_r{r:02d}.npz", "late": "mask_late_r{r:02d}.npz"}
 
 
 def mask_overlap(study_dir: str | Path) -> list[dict[str, Any]]:
@@ -479,8 +481,8 @@ def mask_overlap(study_dir: str | Path) -> list[dict[str, Any]]:
     found: dict[tuple[int, str, str], list[tuple[float, float, float]]] = {}
     for d in R.seed_dirs(study_dir):
         r = 2
-        while any((d / f.format(r=r)).exists() for f in _ARM_MASK.values()):
-            got = {arm: R.load_mask(d / f.format(r=r)) for arm, f in _ARM_MASK.items() if (d / f.format(r=r)).exists()}
+        while paths := {arm: d / mask_name(arm, r) for arm in ARMS if (d / mask_name(arm, r)).exists()}:
+            got = {arm: R.load_mask(path) for arm, path in paths.items()}
             for a, b in itertools.combinations(got, 2):
                 row = M.similarity(got[a], got[b], by="overall").iloc[0]
                 da, db = row["kept_a"] / row["total"], row["kept_b"] / row["total"]
@@ -712,11 +714,8 @@ def ready(record_dir: str | Path, r: int, variant: str) -> bool:
         return variant == "ticket" or (0, "ticket") in _done(d)
     if variant == "continue":
         weights = "weights_r00.safetensors" if r == 1 else f"weights_continue_r{r - 1:02d}.safetensors"
-        mask = "mask_r01.npz" if r == 1 else f"mask_continue_r{r:02d}.npz"
-        return (d / weights).exists() and (d / mask).exists()
-    if variant == "late":
-        return (d / ("mask_r01.npz" if r == 1 else f"mask_late_r{r:02d}.npz")).exists()
-    return (d / f"mask_r{r:02d}.npz").exists()
+        return (d / weights).exists() and (d / mask_name(variant, r)).exists()
+    return (d / mask_name(variant if variant in CHAINS else "ticket", r)).exists()
 
 
 def _live(pid: str) -> bool:
@@ -776,18 +775,18 @@ def _work(args: argparse.Namespace, budget: list[int], poll_s: float = 30.0) -> 
     # one thread a process: two networks side by side on two cores (the result is bit-identical only
     # for the same thread count, so it is recorded with each network)
     torch.set_num_threads(args.threads)
+    dirs = {seed: (Path(args.records) / args.name / f"seed_{seed}", Path(args.run_root) / f"seed_{seed}")
+            for seed in args.seeds}
     try:
         while budget[0] != 0:
             picked, waiting, left = None, [], {}
-            for seed in args.seeds:
-                record_dir = Path(args.records) / args.name / f"seed_{seed}"
+            for seed, (record_dir, _) in dirs.items():
                 done = _done(record_dir)
                 left[seed] = [(r, v) for arm in args.arms for r, v in plan(settings, arm) if (r, v) not in done]
             # The seed with the most networks left first (ties: --seeds order): its chain is the longest
             # sequential path, so starting it early keeps every worker busy to the end.
             for seed in sorted(args.seeds, key=lambda x: -len(left[x])):
-                record_dir = Path(args.records) / args.name / f"seed_{seed}"
-                run_dir = Path(args.run_root) / f"seed_{seed}"
+                record_dir, run_dir = dirs[seed]
                 run_dir.mkdir(parents=True, exist_ok=True)
                 for r, variant in left[seed]:
                     lock = run_dir / f"lock_{R.network_name(r, variant)[:-5]}"
