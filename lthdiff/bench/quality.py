@@ -117,9 +117,12 @@ def plan(settings: dict[str, Any], arm: str = "ticket") -> list[tuple[int, str]]
         return [(r, arm) for r in rounds]
     if arm != "ticket":
         raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}")
-    out = [(0, "ticket"), (0, "dense_half"), (0, "dense_continued")]
+    out = [(0, "ticket"), (0, "dense_half")] + ([] if settings.get("masks_from") else [(0, "dense_continued")])
+    only, crounds = settings.get("rounds_only"), settings.get("control_rounds")
     for r in rounds:
-        out += [(r, "ticket")] + [(r, c) for c in settings["controls"]]
+        if only and r not in only:
+            continue
+        out += [(r, "ticket")] + [(r, c) for c in settings["controls"] if not crounds or r in crounds]
     return out
 
 
@@ -146,7 +149,7 @@ class _Seed:
         self.ds = load_dataset(settings["dataset"], image_size=settings["image_size"])
         ch = self.ds[0].shape[0]
         self.theta0 = unet(settings["preset"], seed=seed, sample_size=settings["image_size"], in_channels=ch,
-                           out_channels=ch)
+                           out_channels=ch, **_model_overrides(settings))
         digest = tensors_digest(self.theta0.state_dict())
         # refuses a seed folder recorded with other settings or another theta_0 (its digest is a setting)
         R.write_settings(record_dir, {**settings, "seed": seed, "init_digest": digest})
@@ -158,10 +161,22 @@ class _Seed:
 
         if r == 0:
             return M.ones(self.theta0)
-        path = self.record_dir / mask_name(arm, r)
+        path = _mask_dir(self.settings, self.record_dir) / mask_name(arm, r)
         if not path.exists():
             raise FileNotFoundError(f"{path} is not recorded yet: the previous round of seed {self.seed} comes first")
         return R.load_mask(path)
+
+
+def _model_overrides(settings: dict[str, Any]) -> dict[str, Any]:
+    """The recorded ``[model]`` overrides of the preset (width: ``block_out_channels``), as unet() takes them."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in (settings.get("model") or {}).items()}
+
+
+def _mask_dir(settings: dict[str, Any], record_dir: Path) -> Path:
+    """Where the ticket chain's masks are read: this seed's records, or (``masks_from``) the same seed of another
+    recorded study, whose masks a longer-training study reuses without ever writing there."""
+    src = settings.get("masks_from")
+    return record_dir.parent.parent / src / record_dir.name if src else record_dir
 
 
 def late_rewind_step(settings: dict[str, Any]) -> int:
@@ -331,7 +346,7 @@ def _network(s: _Seed, r: int, variant: str) -> dict[str, Any]:
     out["extra"].update(extra)
     out["loss_at_init"] = loss_at_start(start, s.ds, mask, seed=0)
     trained = None
-    if variant in ("ticket", "late") and r < len(schedule(s.settings)):  # the next round's mask of this chain
+    if variant in ("ticket", "late") and r < len(schedule(s.settings)) and not s.settings.get("masks_from"):  # the next round's mask of this chain
         trained = info.load_model(ema=False)
         nxt = pruners.magnitude(trained, schedule(s.settings)[r], scope="global", mask=mask)
         name = mask_name(variant, r + 1)
@@ -694,7 +709,12 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"dataset": args.dataset, "image_size": args.image_size, "preset": args.preset, "steps": args.steps,
             "batch_size": args.batch_size, "lr": args.lr, "schedule": sched, "rewind": "init",
             "controls": list(args.controls), "n": args.n, "sample_steps": args.sample_steps,
-            "extractor": args.extractor}
+            "extractor": args.extractor,
+            # only when given, so the settings of studies recorded before these options stay equal
+            **({"model": {"block_out_channels": list(args.block_out_channels)}} if args.block_out_channels else {}),
+            **({"rounds_only": list(args.rounds_only)} if args.rounds_only else {}),
+            **({"control_rounds": list(args.control_rounds)} if args.control_rounds else {}),
+            **({"masks_from": args.masks_from} if args.masks_from else {})}
 
 
 def _default_run_root(name: str) -> Path:
@@ -715,7 +735,10 @@ def ready(record_dir: str | Path, r: int, variant: str) -> bool:
     if variant == "continue":
         weights = "weights_r00.safetensors" if r == 1 else f"weights_continue_r{r - 1:02d}.safetensors"
         return (d / weights).exists() and (d / mask_name(variant, r)).exists()
-    return (d / mask_name(variant if variant in CHAINS else "ticket", r)).exists()
+    if variant not in CHAINS:
+        return (_mask_dir(R.read_settings(d), d) / mask_name("ticket", r)).exists() if (d / "settings.json").exists() \
+            else False
+    return (d / mask_name(variant, r)).exists()
 
 
 def _live(pid: str) -> bool:
@@ -846,6 +869,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--arms", nargs="+", default=["ticket"], choices=ARMS,
                     help="ticket: IMP with rewinding and the controls; continue: prune and keep training "
                          "(Jiang et al.'s released code), from the seed's recorded dense weights")
+    ap.add_argument("--block-out-channels", type=int, nargs="+", default=None,
+                    help="the UNet's widths per level (the preset's by default; tiny: 32 48 48)")
+    ap.add_argument("--rounds-only", type=int, nargs="+", default=None, help="train only these pruned rounds")
+    ap.add_argument("--control-rounds", type=int, nargs="+", default=None, help="controls only at these rounds")
+    ap.add_argument("--masks-from", default=None, metavar="NAME",
+                    help="read the ticket masks from study NAME's records (same seed) instead of pruning here")
     ap.add_argument("--n", type=int, default=2000, help="samples per network for FID/KID")
     ap.add_argument("--sample-steps", type=int, default=10, help="DDIM steps")
     ap.add_argument("--max-networks", type=int, default=-1, help="stop after this many networks (-1: all)")

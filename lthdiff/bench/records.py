@@ -35,7 +35,7 @@ __all__ = ["SETTINGS_KEYS", "network_name", "write_settings", "read_settings", "
 
 # What makes two seeds' records comparable; everything else in settings.json is per seed.
 SETTINGS_KEYS = ("dataset", "image_size", "preset", "steps", "batch_size", "lr", "schedule", "rewind",
-                 "controls", "n", "sample_steps", "extractor")
+                 "controls", "n", "sample_steps", "extractor", "model", "rounds_only", "control_rounds", "masks_from")
 _NAME = re.compile(r"^r(\d\d)_([a-z0-9_.]+)\.json$")
 
 
