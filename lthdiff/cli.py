@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import ConfigError
+from .config import ConfigError, IMPConfig
 
 
 def _common_data(p: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--pretrained", default="", help="start from this UNet (folder or Hub id) instead of a preset")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--prune-per-round", type=float, default=0.2)
+    p.add_argument("--prune-per-round", type=float, default=IMPConfig().prune_per_round)
     p.add_argument("--rewind", default="init", help="init | step:K | none")
     p.add_argument("--steps-per-round", type=int, default=800)
     p.add_argument("--batch-size", type=int, default=64)
@@ -88,6 +88,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("more_runs", nargs="*", metavar="MORE_RUN_DIRS",
                    help="the same experiment with other seeds: the verdict averages over all runs (error bars)")
     p.add_argument("--registry", default=None)
+
+    p = sub.add_parser("study", help="the recorded multi-seed study: run, status, aggregate (lthdiff.study)")
+    ss = p.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
+    q = ss.add_parser("run", help="train, score and record the study's networks; resumes from the records")
+    q.add_argument("config", help="a .toml/.json/.yaml config with a [study] section, or a shipped one by name")
+    q.add_argument("--jobs", type=int, default=1, help="local workers side by side (one torch thread each)")
+    q.add_argument("--backend", default="local", choices=["local", "ray"])
+    q.add_argument("--address", default=None, help="with --backend ray: the cluster (default: a local one)")
+    q.add_argument("--records", default=None, help="override [study] records (default ./studies)")
+    q.add_argument("--seeds", type=int, nargs="+", default=None, help="override [study] seeds")
+    q.add_argument("--run-root", default=None, help="override [study] run_root (run folders)")
+    q.add_argument("--max-networks", type=int, default=-1, help="stop after this many networks (-1: all)")
+    q = ss.add_parser("status", help="per seed: recorded, running, left, seconds a network, time left")
+    q.add_argument("dir", help="a study's records folder (holds seed_<N>/)")
+    q.add_argument("--run-root", default=None, help="its run folders, to show the running networks")
+    q = ss.add_parser("aggregate", help="the study's Markdown/JSON aggregate from its records alone")
+    q.add_argument("dir", help="a study's records folder (holds seed_<N>/)")
+    q.add_argument("--out", default=None, help="where NAME.md/.json go (default: DIR)")
+    q.add_argument("--readme", default=None, metavar="FILE",
+                   help="put the summary between <!-- study --> and <!-- /study --> in FILE")
+    q.add_argument("--registry", default=None, metavar="FILE", help="write the study's rows into this SQLite registry")
     return ap
 
 
@@ -106,9 +127,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _study(args: argparse.Namespace) -> int:
+    """``lthdiff study run | status | aggregate``."""
+    from lthdiff import study
+
+    if args.study_command == "run":
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs {args.jobs} is not accepted; accepted: an integer >= 1")
+        spec = study.load_spec(args.config, records=args.records, seeds=args.seeds, run_root=args.run_root)
+        study.spec.check_records(spec)
+        print(f"[lthdiff] study {spec.name}: records {spec.dir}, run folders {spec.run_root}", flush=True)
+        if args.backend == "ray":
+            from lthdiff.study.ray_backend import run_ray
+
+            n = run_ray(spec, address=args.address, max_networks=args.max_networks)
+        else:
+            argv = [args.config, "--records", str(spec.records), "--run-root", str(spec.run_root),
+                    "--max-networks", str(args.max_networks), "--seeds", *map(str, spec.seeds)]
+            n = study.run_local(spec, argv, jobs=args.jobs, max_networks=args.max_networks,
+                                threads=spec.config.study.threads)
+        print(f"[lthdiff] study {spec.name}: {n} networks this call; lthdiff study status {spec.dir}")
+        return 0
+    d = Path(args.dir)
+    if not study.records.seed_dirs(d):
+        raise ValueError(f"{d} holds no seed_<N>/ records: not a study's records folder")
+    if args.study_command == "status":
+        for s in study.status(d, args.run_root):
+            eta = f"{s['hours_left_one_worker']:.1f} h" if s["hours_left_one_worker"] is not None else "unknown"
+            per = f"{s['seconds_per_network']:.0f} s" if s["seconds_per_network"] is not None else "not measured"
+            print(f"seed {s['seed']}: {s['recorded']} recorded, {len(s['running'])} running "
+                  f"{s['running'] or ''}, {s['left']} left (next {s['next']}); {per} a network, ~{eta} left on one "
+                  "worker" + (f"; trained elsewhere: {', '.join(s['other_machine'])}" if s["other_machine"] else ""))
+        return 0
+    from lthdiff.reporting.study import markdown, study_summary, update_readme
+    from lthdiff.reporting.tables import write_results
+
+    agg = study.aggregate_records(d)
+    md = markdown(d.name, agg)
+    write_results(args.out or d, d.name, agg, md)
+    print(md)
+    if args.readme:
+        update_readme(args.readme, study_summary(agg))
+    if args.registry:
+        ids = study.aggregate.to_registry(d, args.registry)
+        print(f"[lthdiff] registry {args.registry}: experiments {ids}")
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from lthdiff.data.datasets import load_dataset
 
+    if args.command == "study":
+        return _study(args)
     if args.command == "run":
         from .config import load_config, quickstart
         from .pipeline import run_pipeline

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-__all__ = ["ConfigError", "Config", "load_config", "quickstart"]
+__all__ = ["ConfigError", "Config", "StudyConfig", "load_config", "quickstart", "build_dataset", "build_model"]
 
 
 class ConfigError(ValueError):
@@ -33,6 +33,7 @@ class ModelConfig:
     preset: str = "tiny"
     pretrained: str = ""  # a save_pretrained folder or Hub id (e.g. google/ddpm-cifar10-32) as the dense start
     seed: int = 0
+    block_out_channels: list = field(default_factory=list)  # the preset's widths per level when empty (tiny: 32, 48, 48)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class IMPConfig:
     allocation: str = "global"
     controls: list = field(default_factory=lambda: ["random_reinit"])
     exclude: list = field(default_factory=list)
+    sparsities: list = field(default_factory=list)  # the sparsity after each round, instead of prune_per_round x rounds
 
 
 @dataclass
@@ -74,6 +76,23 @@ class OutputConfig:
 
 
 @dataclass
+class StudyConfig:
+    """``[study]``: a recorded multi-seed study (``lthdiff study run``); see :mod:`lthdiff.study`."""
+
+    name: str = "study"
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    arms: list = field(default_factory=lambda: ["ticket"])
+    records: str = ""  # default ./studies/<name>/ under the current directory
+    run_root: str = ""  # run folders (resume inside a network); default $XDG_CACHE_HOME/lthdiff/<name>
+    rounds_only: list = field(default_factory=list)  # train only these pruned rounds (all when empty)
+    control_rounds: list = field(default_factory=list)  # the controls only at these rounds (all when empty)
+    masks_from: str = ""  # a recorded study (same seeds) whose ticket masks this one retrains, e.g. longer
+    threads: int = 1  # torch threads a network
+    num_cpus: float = 1.0  # Ray resources a network
+    num_gpus: float = 0.0
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -81,6 +100,7 @@ class Config:
     imp: IMPConfig = field(default_factory=IMPConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,7 +114,7 @@ _CHOICES = {
     ("eval", "sampler"): ("ddim", "ddpm"),
     ("eval", "feature_extractor"): ("auto", "inception", "lthdiff-digits", "lthdiff-mnist"),
 }
-_POSITIVE = {("train", "steps"), ("train", "batch_size"), ("eval", "n"), ("eval", "steps"), ("data", "image_size"),
+_POSITIVE = {("study", "threads"), ("train", "steps"), ("train", "batch_size"), ("eval", "n"), ("eval", "steps"), ("data", "image_size"),
              ("eval", "batch_size"), ("train", "checkpoint_every")}
 
 
@@ -147,7 +167,33 @@ def from_dict(raw: dict[str, Any]) -> Config:
     bad = [c for c in cfg.imp.controls if c not in CONTROLS]
     if bad:
         raise ConfigError(f"[imp] controls has {bad}; accepted: {', '.join(CONTROLS)}")
+    _check_lists(cfg)
     return cfg
+
+
+def _check_lists(cfg: Config) -> None:
+    """The list-valued keys: element types and ranges (one line naming the key and what is accepted)."""
+    sp = cfg.imp.sparsities
+    if sp and (any(isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < 1 for x in sp)
+               or any(b <= a for a, b in zip(sp, sp[1:]))):
+        raise ConfigError(f"[imp] sparsities = {sp!r} is not accepted; accepted: increasing numbers in (0, 1)")
+    for section, key in (("model", "block_out_channels"), ("study", "seeds"), ("study", "rounds_only"),
+                         ("study", "control_rounds")):
+        v = getattr(getattr(cfg, section), key)
+        if any(isinstance(x, bool) or not isinstance(x, int) or x < (1 if key != "seeds" else 0) for x in v):
+            raise ConfigError(f"[{section}] {key} = {v!r} is not accepted; accepted: a list of integers >= "
+                              f"{1 if key != 'seeds' else 0}")
+    if not cfg.study.seeds:
+        raise ConfigError("[study] seeds = [] is not accepted; accepted: a non-empty list of integers >= 0")
+    if len(set(cfg.study.seeds)) != len(cfg.study.seeds):
+        raise ConfigError(f"[study] seeds = {cfg.study.seeds!r} repeats a seed; accepted: distinct integers >= 0")
+    if not all(isinstance(a, str) for a in cfg.study.arms) or not cfg.study.arms:
+        raise ConfigError(f"[study] arms = {cfg.study.arms!r} is not accepted; accepted: a non-empty list of names")
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.study.name):
+        raise ConfigError(f"[study] name = {cfg.study.name!r} is not accepted; accepted: letters, digits, '_', '.', "
+                          "'-' (it names a folder)")
 
 
 # Configs shipped with the package: `lthdiff run mnist` (or configs/mnist.toml) works after pip install.
@@ -159,7 +205,8 @@ def config_path(path: str | Path) -> Path:
     path = Path(path)
     if path.exists():
         return path
-    shipped = CONFIGS_DIR / (path.name if path.suffix else f"{path.name}.toml")
+    known = path.suffix in (".toml", ".json", ".yaml", ".yml")  # a name may hold a dot: quality_digits_width_0.5x
+    shipped = CONFIGS_DIR / (path.name if known else f"{path.name}.toml")
     return shipped if shipped.exists() else path
 
 
@@ -198,3 +245,23 @@ def quickstart(quick: bool = False) -> Config:
         cfg.eval.n, cfg.eval.steps, cfg.eval.grid = 200, 10, 16
         cfg.output.run_dir = "runs/quickstart-quick"
     return cfg
+
+
+def build_dataset(cfg: Config, split: str = "train"):
+    """The training (or test) dataset a config describes."""
+    from lthdiff.data.datasets import load_dataset
+
+    return load_dataset(cfg.data.name, image_size=cfg.data.image_size, split=split, root=cfg.data.root,
+                        augment=cfg.data.augment and split == "train", path=cfg.data.path or None)
+
+
+def build_model(cfg: Config, channels: int, seed: int | None = None):
+    """The dense UNet a config describes: a preset (widths from ``[model] block_out_channels`` when set, initialised
+    from ``seed``, default ``[model] seed``), or a pretrained diffusers UNet."""
+    from lthdiff.models.unets import from_pretrained, unet
+
+    if cfg.model.pretrained:
+        return from_pretrained(cfg.model.pretrained)
+    over = {"block_out_channels": tuple(cfg.model.block_out_channels)} if cfg.model.block_out_channels else {}
+    return unet(cfg.model.preset, sample_size=cfg.data.image_size, in_channels=channels, out_channels=channels,
+                seed=cfg.model.seed if seed is None else seed, **over)

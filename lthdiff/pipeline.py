@@ -11,29 +11,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from .config import Config
+from .config import Config, build_dataset, build_model
 from lthdiff.store.io import read_json, write_json
 from lthdiff.lottery.runs import IMPResult, RegistryLog, write_metrics
 
-__all__ = ["build_dataset", "build_model", "run_pipeline", "evaluate_run", "efficiency"]
-
-
-def build_dataset(cfg: Config, split: str = "train"):
-    """The training (or test) dataset a config describes."""
-    from lthdiff.data.datasets import load_dataset
-
-    return load_dataset(cfg.data.name, image_size=cfg.data.image_size, split=split, root=cfg.data.root,
-                        augment=cfg.data.augment and split == "train", path=cfg.data.path or None)
-
-
-def build_model(cfg: Config, channels: int):
-    """The dense UNet a config describes: a preset, or a pretrained diffusers UNet."""
-    from lthdiff.models.unets import from_pretrained, unet
-
-    if cfg.model.pretrained:
-        return from_pretrained(cfg.model.pretrained)
-    return unet(cfg.model.preset, sample_size=cfg.data.image_size, in_channels=channels, out_channels=channels,
-                seed=cfg.model.seed)
+__all__ = ["run_pipeline", "evaluate_run", "efficiency"]
 
 
 def _channels(result: Any) -> int:

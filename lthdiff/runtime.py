@@ -11,7 +11,8 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["mix_seed", "process_state", "is_quick", "positive_int", "interactive", "progress_bar", "log_line"]
+__all__ = ["mix_seed", "process_state", "is_quick", "positive_int", "interactive", "progress_bar", "log_line",
+           "machine"]
 
 
 def mix_seed(*ints: int) -> int:
@@ -80,3 +81,16 @@ def log_line(message: str, *, enabled: bool = True) -> None:
     """Print ``message`` (prefixed ``[lthdiff]``) when progress is wanted but no bar is shown."""
     if enabled and not interactive():
         print(f"[lthdiff] {message}", flush=True)
+
+
+def machine() -> dict[str, Any]:
+    """Where a result was computed: Python and torch versions, CPU (or GPU) name, torch threads."""
+    import platform
+
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info

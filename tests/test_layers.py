@@ -62,7 +62,7 @@ def _bench_users(edges: dict[str, set[str]], pkg: str) -> list[str]:
 # Folders (and root modules) bottom to top, in the order a run flows: each imports only from its own
 # level or below.  The package root (lthdiff/__init__, the version) is below everything.
 ORDER = ["runtime", "errors", "store", "data", "masks", "models", "training", "pruners", "tracking", "lottery",
-         "evaluation", "reporting", "config", "pipeline", "cli", "bench"]
+         "evaluation", "config", "study", "reporting", "pipeline", "cli", "bench"]
 
 
 def _unit(module: str) -> str:

@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .common import markdown_table, write_results
+from lthdiff.reporting.tables import markdown_table
+from .common import write_results
 
 VARIANTS = ("ticket", "random_reinit", "random_mask")
 

@@ -19,7 +19,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from .common import markdown_table, write_results
+from lthdiff.reporting.tables import markdown_table
+from .common import write_results
 
 FID_TOLERANCE = 0.10  # EB FID within 10 % of IMP's ticket ...
 COMPUTE_BUDGET = 0.40  # ... for at most 40 % of IMP's training steps

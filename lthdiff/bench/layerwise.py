@@ -20,7 +20,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .common import markdown_table, write_results
+from lthdiff.reporting.tables import markdown_table
+from .common import write_results
 
 RULES = ("uniform", "global", "jiang2023", "erk")
 

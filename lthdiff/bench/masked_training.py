@@ -13,7 +13,8 @@ import torch
 
 from lthdiff.data.datasets import TensorImageDataset, load_dataset
 from lthdiff.models.unets import unet
-from .common import markdown_table, write_results
+from lthdiff.reporting.tables import markdown_table
+from .common import write_results
 
 
 def main(argv: list[str]) -> int:

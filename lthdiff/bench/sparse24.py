@@ -15,7 +15,8 @@ import argparse
 import sys
 from typing import Any
 
-from .common import markdown_table, median_time, write_results
+from lthdiff.reporting.tables import markdown_table
+from .common import median_time, write_results
 
 
 def main(argv: list[str]) -> int:

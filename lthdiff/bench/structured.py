@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 
 from lthdiff.reporting.widgets import is_quick
-from .common import markdown_table, write_results
+from lthdiff.reporting.tables import markdown_table
+from .common import write_results
 
 
 def latency_ratio(dense: nn.Module, pruned: nn.Module, *, batch_size: int, steps: int,

@@ -26,7 +26,8 @@ from typing import Any
 
 from lthdiff.runtime import is_quick
 from lthdiff.evaluation.verdict import aggregate, ticket_vs_control
-from .common import markdown_table, write_results
+from lthdiff.reporting.tables import markdown_table
+from .common import write_results
 from .structured import latency_ratio
 
 CONTROLS = ("scratch", "finetune")

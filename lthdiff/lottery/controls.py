@@ -44,7 +44,7 @@ class RoundContext:
     run_dir: Path
     rewind_dir: Path
     rewind_step: int | None  # None: no rewinding (fine-tune the trained weights)
-    prune: Callable[[nn.Module, float, Mask, int], dict[str, torch.Tensor]]  # the ticket's prune rule
+    prune: Callable[[nn.Module, float, Mask, int], dict[str, torch.Tensor]] | None = None  # the ticket's prune rule
     include: Sequence[str] | None = None
     exclude: Sequence[str] | None = None
 
@@ -102,6 +102,8 @@ class OneShot:
             # Round 1 prunes the dense weights from a full mask: one-shot *is* the ticket.
             return None
         dense = RoundInfo.from_dir(ctx.run_dir / "round_00").load_model(ema=False)
+        if ctx.prune is None:
+            raise ValueError("one_shot needs the run's prune rule (RoundContext.prune); run it through run_imp")
         cmask = ctx.prune(dense, ctx.target, M.ones(dense, include=ctx.include, exclude=ctx.exclude), ctx.round)
         return ctx.rewound(dense), cmask
 

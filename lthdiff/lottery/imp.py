@@ -32,10 +32,10 @@ from lthdiff import pruners
 from .controls import CONTROLS, RoundContext
 from lthdiff.store.io import tensors_digest
 from lthdiff.models.unets import load_model, save_model, with_state
-from .runs import IMPResult, RegistryLog, RoundInfo, check_or_write_config, copy_network, write_round
-from lthdiff.runtime import process_state, progress_bar
+from .network import Job, on_main, train_network
+from .runs import IMPResult, RegistryLog, RoundInfo, check_or_write_config, copy_network
+from lthdiff.runtime import progress_bar
 from lthdiff.training.tasks import resolve_task
-from lthdiff.training.loop import train
 
 __all__ = ["run_imp", "sparsity_schedule", "geometric_schedule", "imp_allocation"]
 
@@ -200,12 +200,6 @@ def run_imp(
         return pruners.magnitude(model, target, scope="layer" if ls is not None else scope, mask=base,
                                  layer_sparsity=ls, pattern=pattern)
 
-    def start_loss(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> float:
-        # Before training: a ticket's theta_0 * m already denoising is the supermask effect (Zhou et al. 2019).
-        from lthdiff.training.loop import loss_at_start
-
-        return loss_at_start(model, dataset, mask, task=task_obj)
-
     bar = progress_bar(total=rounds + 1, desc="IMP rounds", disable=not progress)
     for r in range(rounds + 1):
         rdir = run_dir / f"round_{r:02d}"
@@ -215,20 +209,13 @@ def run_imp(
         target = 0.0 if r == 0 else targets[r - 1]
         if r == 0:
             mask = M.ones(unet, include=include, exclude=exclude)
-            if not (rdir / "summary.json").exists():
-                model = with_state(unet, init_state)
-                at_init = start_loss(model, mask)
-                if rewind_step and not rewind_dir.exists():
-                    # Late rewinding: stop at step K and save theta_K (atomically) before training
-                    # goes past K, so a run killed at any later step resumes without K again.
-                    res = train(model, dataset, rewind_step, checkpoint_dir=rdir / "ckpt", mask=mask,
-                                desc="round 0 (to rewind step)", **train_kw)
-                    _on_main(save_model, res.model, rewind_dir)
-                res = train(model, dataset, steps_per_round, checkpoint_dir=rdir / "ckpt", mask=mask,
-                            desc="round 0 (dense)", **train_kw)
-                if rewind_step == 0 and not rewind_dir.exists():
-                    _on_main(save_model, with_state(unet, init_state), rewind_dir)
-                _on_main(write_round, rdir, res, mask, r, extra={"target_sparsity": 0.0, "loss_at_init": at_init})
+            # Late rewinding keeps theta_K on the way (saved before training goes past K, so a run killed
+            # at any later step resumes without K again).
+            job = Job(with_state(unet, init_state), mask, steps_per_round, rdir, 0, desc="round 0 (dense)",
+                      extra={"target_sparsity": 0.0}, snapshots={rewind_step: rewind_dir} if rewind_step else {})
+            train_network(job, dataset, **train_kw)
+            if rewind_step == 0 and not rewind_dir.exists():
+                on_main(save_model, with_state(unet, init_state), rewind_dir)
         else:
             prev = RoundInfo.from_dir(run_dir / f"round_{r - 1:02d}")
             trained = prev.load_model(ema=False)
@@ -237,11 +224,8 @@ def run_imp(
             steps = steps_per_round - (rewind_step or 0)
             if not (rdir / "summary.json").exists():
                 start = trained if rewind_step is None else load_model(rewind_dir)
-                at_init = start_loss(start, mask)
-                res = train(start, dataset, steps, checkpoint_dir=rdir / "ckpt", mask=mask,
-                            desc=f"round {r} ticket ({target:.1%})", **train_kw)
-                _on_main(write_round, rdir, res, mask, r, extra={"target_sparsity": target, "rewind": rewind,
-                                                                 "loss_at_init": at_init})
+                train_network(Job(start, mask, steps, rdir, r, desc=f"round {r} ticket ({target:.1%})",
+                                  extra={"target_sparsity": target, "rewind": rewind}), dataset, **train_kw)
             ctx = RoundContext(round=r, target=target, mask=mask, trained=trained, template=unet, seed=seed,
                                run_dir=run_dir, rewind_dir=rewind_dir, rewind_step=rewind_step, prune=prune,
                                include=include, exclude=exclude)
@@ -251,14 +235,11 @@ def run_imp(
                     continue
                 plan = CONTROLS[name].start_and_mask(ctx)
                 if plan is None:  # the control is this round's ticket (one-shot in round 1): copy it
-                    _on_main(copy_network, rdir, cdir, {"variant": name, "same_as": "ticket"})
+                    on_main(copy_network, rdir, cdir, {"variant": name, "same_as": "ticket"})
                     continue
                 start, cmask = plan
-                at_init = start_loss(start, cmask)
-                res = train(start, dataset, steps, checkpoint_dir=cdir / "ckpt", mask=cmask,
-                            desc=f"round {r} {name}", **train_kw)
-                _on_main(write_round, cdir, res, cmask, r, extra={"target_sparsity": target, "variant": name,
-                                                                 "loss_at_init": at_init})
+                train_network(Job(start, cmask, steps, cdir, r, variant=name, desc=f"round {r} {name}",
+                                  extra={"target_sparsity": target}), dataset, **train_kw)
         info = RoundInfo.from_dir(rdir)
         from lthdiff.tracking.tb import log_round as log_tb_round
 
@@ -286,11 +267,3 @@ def _controls_done(rdir: Path, r: int, controls: Sequence[str]) -> bool:
     return r == 0 or all((rdir / "controls" / c / "summary.json").exists() for c in controls)
 
 
-
-def _on_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Under ``accelerate launch`` every process runs IMP in step; only the main one writes a
-    round's files, and the others wait so they read the finished round, not a half-written one."""
-    state = process_state()
-    if state.is_main_process:
-        fn(*args, **kwargs)
-    state.wait_for_everyone()

@@ -203,9 +203,11 @@ def write_metrics(directory: str | Path, metrics: Mapping[str, Any], *, settings
     return payload
 
 
-def write_round(d: Path, res: Any, mask: Mapping[str, torch.Tensor], r: int, extra: dict[str, Any]) -> None:
+def write_round(d: Path, res: Any, mask: Mapping[str, torch.Tensor], r: int, extra: dict[str, Any],
+                keep_checkpoint: bool = False) -> None:
     """Write a round's artefacts (``res`` is a :class:`lthdiff.training.loop.TrainResult`); summary.json goes
-    last because it marks the round complete."""
+    last because it marks the round complete.  ``keep_checkpoint`` keeps ``d/ckpt`` (optimizer state
+    included) for a network that another one continues (a study's dense network, continued to 1.5 T)."""
     M.save(d / "mask.safetensors", mask, metadata={"round": r})
     save_model(res.model, d / "model")
     if res.ema is not None:
@@ -218,7 +220,8 @@ def write_round(d: Path, res: Any, mask: Mapping[str, torch.Tensor], r: int, ext
                                           rep["sparsity"].tolist())),
                **extra}
     write_json(d / "summary.json", summary)
-    shutil.rmtree(d / "ckpt", ignore_errors=True)
+    if not keep_checkpoint:
+        shutil.rmtree(d / "ckpt", ignore_errors=True)
 
 
 def copy_network(src: Path, dst: Path, extra: dict[str, Any]) -> None:

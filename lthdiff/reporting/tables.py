@@ -5,9 +5,10 @@ from __future__ import annotations
 import html
 import json
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
-__all__ = ["fmt", "cells", "py_value", "md_table", "html_table"]
+__all__ = ["fmt", "cells", "py_value", "md_table", "html_table", "markdown_table", "write_results"]
 
 
 def fmt(value: Any, column: str = "") -> str:
@@ -57,3 +58,27 @@ def html_table(df: Any, cls: str = "") -> str:
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Render ``rows`` as a GitHub Markdown table (floats to 4 significant digits)."""
+    if not rows:
+        return "(no rows)\n"
+    columns = list(columns or rows[0].keys())
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: str | Path, name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<name>.json`` (``payload`` with the machine it ran on) and ``<name>.md`` atomically; return
+    both paths."""
+    from lthdiff.runtime import machine
+    from lthdiff.store.io import atomic_path, write_json
+
+    out_dir = Path(out_dir)
+    payload = {"benchmark": name, "machine": machine(), **payload}
+    j = write_json(out_dir / f"{name}.json", payload)
+    with atomic_path(out_dir / f"{name}.md") as tmp:
+        tmp.write_text(markdown)
+    return j, out_dir / f"{name}.md"

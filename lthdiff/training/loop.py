@@ -26,7 +26,8 @@ from lthdiff.store.io import CorruptFileError, atomic_path, read_json, tensors_d
 from lthdiff.runtime import log_line, mix_seed, process_state, progress_bar
 from .tasks import DiffusionTask, Task, make_scheduler, resolve_task
 
-__all__ = ["train", "TrainResult", "MaskEnforcer", "load_checkpoint", "loss_at_start"]
+__all__ = ["train", "TrainResult", "MaskEnforcer", "load_checkpoint", "fork_checkpoint", "ema_from_checkpoint",
+           "loss_at_start"]
 
 
 class MaskEnforcer:
@@ -162,7 +163,6 @@ def train(
     if it already reached ``steps``).  ``mask`` ({name: bool tensor}) keeps pruned weights at zero.
     """
     from accelerate import Accelerator
-    from diffusers.training_utils import EMAModel
 
     _check_args(steps, dataset, batch_size)
     task_obj = resolve_task(task)
@@ -177,8 +177,7 @@ def train(
     enforce = MaskEnforcer(model, mask)
     enforce(list(model.parameters()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    ema_model = EMAModel(model.parameters(), decay=ema_max_decay, use_ema_warmup=True,
-                         inv_gamma=1.0, power=2 / 3) if ema else None
+    ema_model = _ema(model, ema_max_decay) if ema else None
     losses: list[float] = []
     start = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -272,6 +271,43 @@ def train(
         ema_model.copy_to(ema_copy.parameters())
     return TrainResult(model=raw, ema=ema_copy, losses=losses, steps=step,
                        seconds=time.perf_counter() - t0, checkpoint_dir=ckpt_dir, resumed_from=start)
+
+
+def _ema(model: nn.Module, max_decay: float = 0.9999) -> Any:
+    """The one EMA of training (diffusers ``EMAModel``, warm-up 1 - (1 + step)^(-2/3), decay capped at ``max_decay``)."""
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(model.parameters(), decay=max_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
+
+
+def ema_from_checkpoint(template: nn.Module, state: Mapping[str, Any]) -> nn.Module:
+    """The EMA weights a checkpoint of :func:`train` holds (``load_checkpoint(dir)``), as a copy of ``template``."""
+    if state.get("ema") is None:
+        raise ValueError("this checkpoint was trained with ema=False: it holds no EMA weights")
+    model = copy.deepcopy(template)
+    model.load_state_dict(state["model"])
+    ema = _ema(model)
+    ema.load_state_dict(state["ema"])
+    ema.copy_to(model.parameters())
+    return model
+
+
+def fork_checkpoint(src: str | Path, dst: str | Path) -> int:
+    """Copy the latest checkpoint of ``src`` (a ``checkpoint_dir`` of :func:`train`) into ``dst`` as the start of
+    a new checkpoint folder, so ``train(..., checkpoint_dir=dst, steps=more)`` continues that run (optimizer state
+    included) without touching ``src``.  Returns the step copied; the checksum is verified first."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    if load_checkpoint(src) is None:
+        raise FileNotFoundError(f"{src} holds no checkpoint to continue from")
+    info = read_json(src / _CKPT_POINTER)
+    dst.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst / info["file"]) as tmp:
+        shutil.copy2(src / info["file"], tmp)
+    entry = {k: info[k] for k in ("step", "file", "sha256")}
+    write_json(dst / _CKPT_POINTER, {**entry, "history": [entry]})
+    return int(info["step"])
 
 
 def _check_resume(saved: dict[str, Any], now: dict[str, Any], ckpt_dir: Path) -> None:

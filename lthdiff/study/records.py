@@ -1,21 +1,17 @@
-"""A study recorded network by network: the files under ``lthdiff/bench/results/<name>/seed_<N>/``.
+"""A study's records, network by network: the files under ``<records>/<name>/seed_<N>/``.
 
-A long study (``python -m lthdiff.bench quality``) is split into pieces of one trained network, so a
-stop loses at most one network and any machine holding the repository continues it.  Per seed:
+A study (``lthdiff study run``) is split into pieces of one trained network, so a stop loses at most one
+network and any machine holding the records continues it.  The records are the single source of truth:
+the aggregate, the README block, the registry rows and the figures are rebuilt from them.  Per seed:
 
-* ``settings.json`` - the study's settings (dataset, size, preset, steps, batch, lr, schedule,
-  rewind, controls, samples, sampler steps, extractor), the seed and theta_0's digest; written once,
-  and a later piece with other settings is refused;
-* ``r<RR>_<variant>.json`` - one trained network: round, variant, sparsity, FID/KID, loss at init,
-  final loss, steps, wall time, device, torch version, the code's commit;
-* ``mask_r<RR>.npz`` - the mask round RR trains (bit-packed, one array per layer, with its digest):
+* ``settings.json`` - the study's settings (:func:`lthdiff.study.spec.settings`), the seed and theta_0's
+  digest; written once, and a later piece with other settings is refused;
+* ``r<RR>_<variant>.json`` - one trained network: round, variant, sparsity, FID/KID, memorisation, loss at
+  init, final loss, steps, wall time, device, threads, torch version, the code's commit;
+* ``mask_r<RR>.npz``, ``mask_<arm>_r<RR>.npz`` - the mask a round trains (:func:`lthdiff.masks.save_packed`):
   theta_0 comes from the seed, so the masks *are* the tickets and the chain continues from them;
-* ``weights_r00.safetensors``, ``weights_continue_r<RR>.safetensors`` - for the chain that does not
-  rewind (prune and continue), the trained weights the next round starts from, only the kept ones (:func:`lthdiff.store.io.save_tensors` of the
-  values at the mask's positions).
-
-:func:`aggregate_records` turns the records alone into the study's table; it refuses seeds whose
-settings differ.
+* ``weights_r00.safetensors``, ``weights_continue_r<RR>.safetensors``, ``weights_theta_k.safetensors`` - weights a
+  chain carries from one network to the next (only the kept values of masked tensors).
 """
 from __future__ import annotations
 
@@ -24,18 +20,18 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import numpy as np
 import torch
 
-from lthdiff.store.io import read_json, save_tensors, load_tensors, tensors_digest, write_json, write_with
+from lthdiff.store.io import read_json, save_tensors, load_tensors, write_json
 
 __all__ = ["SETTINGS_KEYS", "network_name", "write_settings", "read_settings", "write_network", "read_networks",
-           "save_mask", "load_mask", "save_kept_weights", "load_kept_weights", "seed_dirs", "check_same_settings",
+           "save_kept_weights", "load_kept_weights", "seed_dirs", "check_same_settings",
            "code_commit"]
 
 # What makes two seeds' records comparable; everything else in settings.json is per seed.
 SETTINGS_KEYS = ("dataset", "image_size", "preset", "steps", "batch_size", "lr", "schedule", "rewind",
-                 "controls", "n", "sample_steps", "extractor", "model", "rounds_only", "control_rounds", "masks_from")
+                 "controls", "n", "sample_steps", "extractor", "model", "rounds_only", "control_rounds",
+                 "masks_from", "allocation")
 _NAME = re.compile(r"^r(\d\d)_([a-z0-9_.]+)\.json$")
 
 
@@ -103,9 +99,10 @@ def check_same_settings(settings: Iterable[Mapping[str, Any]]) -> dict[str, Any]
     settings = list(settings)
     if not settings:
         raise ValueError("no seed folders with settings.json to aggregate")
-    first = {k: settings[0].get(k) for k in SETTINGS_KEYS}
+    keys = [k for k in SETTINGS_KEYS if any(k in s for s in settings)]  # options a study never set stay out
+    first = {k: settings[0].get(k) for k in keys}
     for s in settings[1:]:
-        diff = [k for k in SETTINGS_KEYS if s.get(k) != first[k]]
+        diff = [k for k in keys if s.get(k) != first[k]]
         if diff:
             detail = "; ".join(f"{k}: {first[k]!r} (seed {settings[0].get('seed')}) vs {s.get(k)!r} "
                                f"(seed {s.get('seed')})" for k in diff)
@@ -113,48 +110,7 @@ def check_same_settings(settings: Iterable[Mapping[str, Any]]) -> dict[str, Any]
     return first
 
 
-# --------------------------------------------------------------------------- masks and weights
-def save_mask(path: str | Path, mask: Mapping[str, torch.Tensor]) -> Path:
-    """A bool mask as bit-packed arrays (``np.packbits``, 1 bit a weight) in one ``.npz``, atomically,
-    with the layer order, the shapes and :func:`lthdiff.store.io.tensors_digest` of the mask."""
-    arrays: dict[str, np.ndarray] = {}
-    meta = {"order": list(mask), "shapes": {k: list(v.shape) for k, v in mask.items()},
-            "digest": tensors_digest(mask)}
-    for i, (name, m) in enumerate(mask.items()):
-        if m.dtype != torch.bool:
-            raise ValueError(f"mask entry {name!r} has dtype {m.dtype}; masks are bool")
-        arrays[f"m{i}"] = np.packbits(m.detach().cpu().numpy().reshape(-1))
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
-            np.savez_compressed(f, **arrays)
-
-    return write_with(path, write)
-
-
-def load_mask(path: str | Path) -> dict[str, torch.Tensor]:
-    """A mask written by :func:`save_mask`, checked against its recorded digest."""
-    from lthdiff.store.io import CorruptFileError
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no recorded mask {path}")
-    try:
-        with np.load(path) as z:
-            meta = json.loads(bytes(z["meta"]).decode())
-            mask = {}
-            for i, name in enumerate(meta["order"]):
-                shape = meta["shapes"][name]
-                bits = np.unpackbits(z[f"m{i}"])[: int(np.prod(shape))]
-                mask[name] = torch.from_numpy(bits.astype(bool)).reshape(shape)
-    except (ValueError, KeyError, OSError) as exc:
-        raise CorruptFileError(f"{path} could not be read as a recorded mask ({exc})") from exc
-    if tensors_digest(mask) != meta["digest"]:
-        raise CorruptFileError(f"{path} fails its digest check; the recorded mask is corrupt")
-    return mask
-
-
+# --------------------------------------------------------------------------- kept weights
 def save_kept_weights(path: str | Path, state: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor]) -> Path:
     """Trained weights in compressed sparse form: for masked tensors only the kept values (in
     row-major order of the mask), every other tensor whole; safetensors with a checksum."""

@@ -1,0 +1,189 @@
+"""A study's aggregate, from its records alone: per sparsity and arm FID/KID mean +- std, FID / dense per seed,
+seeds won by the ticket against each control and arm, the matching sparsity of every arm
+(:func:`lthdiff.evaluation.verdict.matching_sparsity`: the highest sparsity whose mean FID stays within dense
+mean + 1 std there and at every lower sparsity), the convergence check of the dense network (FID at T/2, T,
+1.5 T, loss plateau) and of the longest-trained sparse networks, the loss at init, memorisation, and the
+overlap of the arms' masks.  Refuses seeds whose settings differ.  Its Markdown and figures are in
+:mod:`lthdiff.reporting.study`.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+from lthdiff import masks as M
+from lthdiff.evaluation.verdict import aggregate, matching_sparsity, summarize
+from . import records as R
+from .arms import ARMS, mask_name, plan
+from .spec import RECORDED
+
+__all__ = ["loss_plateau", "converged", "aggregate_records", "mask_overlap", "recorded_study", "to_registry"]
+
+CHAINS = ("continue", "late")  # the arms beside the ticket's IMP chain, one network per pruned round
+
+
+def loss_plateau(losses: Sequence[float], fraction: float = 0.1) -> dict[str, float]:
+    """Mean training loss over the last ``fraction`` of steps vs the ``fraction`` before T/2.
+
+    A converged run has ``ratio`` = late / mid close to 1 (a still-falling loss gives ratio < 1).
+    """
+    n = len(losses)
+    w = max(1, int(round(n * fraction)))
+    half = n // 2
+    if half < w:
+        raise ValueError(f"need at least {2 * w} losses for a {fraction:.0%} window before T/2, got {n}")
+    mid = statistics.mean(losses[half - w:half])
+    late = statistics.mean(losses[n - w:])
+    return {"mid_mean": mid, "late_mean": late, "ratio": late / mid, "window": w, "steps": n}
+
+
+def converged(fid_before: float, fid_after: float, loss_ratio: float, fid_tolerance: float,
+              loss_tolerance: float = 0.05) -> bool:
+    """Whether a dense run counts as converged: its FID moved by at most ``fid_tolerance`` between
+    two lengths (the study: T and 1.5 T, tolerance max(dense FID std over seeds, 5 % of FID(T))) and its
+    loss plateaued (a late/earlier mean-loss ratio within ``loss_tolerance`` of 1)."""
+    return abs(fid_after - fid_before) <= fid_tolerance and abs(1 - loss_ratio) <= loss_tolerance
+
+
+def aggregate_records(study_dir: str | Path) -> dict[str, Any]:
+    """The study's summary from its records alone (see the module doc); refuses mixed settings."""
+    study_dir = Path(study_dir)
+    dirs = R.seed_dirs(study_dir)
+    settings = [R.read_settings(d) for d in dirs]
+    common = R.check_same_settings(settings)
+    rows = [row for d in dirs for row in R.read_networks(d)]
+    chain = [x for x in rows if x["variant"] in ("ticket", *common["controls"])]
+    if not any(x["round"] == 0 and x["variant"] == "ticket" for x in chain):
+        raise ValueError(f"{study_dir} holds no dense (round 0) record yet; nothing to compare with")
+    # the other arms are compared with the ticket the way a control is (seeds won, matching sparsity)
+    controls = list(common["controls"]) + [a for a in CHAINS if any(x["variant"] == a for x in rows)]
+    s = summarize([x for x in rows if x["variant"] in ("ticket", *controls)], controls)
+    s["matching_test_kid"] = matching_sparsity([x for x in chain if "kid_test" in x], "kid_test")
+    dense_std = s["matching"]["dense_std"]
+    conv = []
+    for d, st in zip(dirs, settings):
+        by = {(x["round"], x["variant"]): x for x in R.read_networks(d)}
+        dense, half, cont = by.get((0, "ticket")), by.get((0, "dense_half")), by.get((0, "dense_continued"))
+        if dense is None:
+            continue
+        c = {"seed": st["seed"], "steps": dense["steps"], "fid_T": dense["fid"], "kid_test_T": dense.get("kid_test"),
+             "fid_half": half["fid"] if half else None, "fid_1.5T": cont["fid"] if cont else None,
+             "kid_test_1.5T": cont.get("kid_test") if cont else None}
+        if cont:
+            w = max(1, len(cont["loss_per_100_steps"]) // 10)  # 100-step means: a 10 % window of 1.5 T ...
+            wt = max(1, len(dense["loss_per_100_steps"]) // 10)  # ... and of T
+            late = statistics.mean(cont["loss_per_100_steps"][-w:])
+            at_t = statistics.mean(dense["loss_per_100_steps"][-wt:])
+            c.update({"loss_last10_T": at_t, "loss_last10_1.5T": late, "loss_ratio": late / at_t,
+                      "fid_tolerance": max(dense_std, 0.05 * dense["fid"])})
+            c["converged"] = converged(dense["fid"], cont["fid"], c["loss_ratio"], c["fid_tolerance"])
+        conv.append(c)
+    both = [c for c in conv if c.get("fid_1.5T") is not None]
+    overall = None
+    if both:
+        # Per seed, FID of one network at two nearby checkpoints moves by about the seed-to-seed std (in
+        # both directions), so the study-level question is whether training longer helps *on average*.
+        deltas = [c["fid_1.5T"] - c["fid_T"] for c in both]
+        fid_t = statistics.mean(c["fid_T"] for c in both)
+        ratio = max((c["loss_ratio"] for c in both), key=lambda r: abs(1 - r))
+        overall = {"seeds": len(both), "fid_T_mean": fid_t, "fid_1.5T_mean": statistics.mean(c["fid_1.5T"] for c in both),
+                   "delta_mean": statistics.mean(deltas), "delta_std": statistics.stdev(deltas) if len(deltas) > 1 else 0.0,
+                   "deltas": deltas, "fid_tolerance": max(dense_std, 0.05 * fid_t), "worst_loss_ratio": ratio,
+                   "seeds_within": sum(bool(c["converged"]) for c in both)}
+        overall["converged"] = converged(fid_t, overall["fid_1.5T_mean"], ratio, overall["fid_tolerance"])
+    init = {}
+    for x in (x for x in rows if x["variant"] in ("ticket", *controls)):
+        key = (round(x["sparsity"], 3), "dense" if x["round"] == 0 else x["variant"])
+        init.setdefault(key, []).append(x["loss_at_init"])
+    init_rows = [{"sparsity": k[0], "variant": k[1], "loss_at_init_mean": statistics.mean(v),
+                  "loss_at_init_std": statistics.stdev(v) if len(v) > 1 else 0.0, "seeds": len(v)}
+                 for k, v in sorted(init.items())]
+    test = aggregate([x for x in rows if x["variant"] in ("ticket", *controls) and "kid_test" in x], "kid_test")
+    expected = {st["seed"]: len(plan(st)) for st in settings}
+    progress = {st["seed"]: sum(1 for x in R.read_networks(d) if x["variant"] not in CHAINS)
+                for d, st in zip(dirs, settings)}
+    return {"settings": common, "seeds": [st["seed"] for d, st in zip(dirs, settings) if R.read_networks(d)],
+            "rows": rows, **s, "convergence": conv, "convergence_overall": overall,
+            "loss_at_init": init_rows, "kid_test_table": test, "mask_overlap": mask_overlap(study_dir),
+            "networks_recorded": progress,
+            "networks_planned": expected, "complete": all(progress[k] >= expected[k] for k in expected)}
+
+
+def mask_overlap(study_dir: str | Path) -> list[dict[str, Any]]:
+    """Do the arms find the same weights?  Per round r >= 2 and pair of arms whose masks are recorded
+    for a seed: the Jaccard overlap (IoU) of the kept weights (:func:`lthdiff.masks.similarity`,
+    overall), mean +- std over seeds, and the overlap of two independent random masks of the same
+    densities (:func:`lthdiff.masks.chance_jaccard`).  Read from the recorded masks alone."""
+    import itertools
+
+
+    found: dict[tuple[int, str, str], list[tuple[float, float, float]]] = {}
+    for d in R.seed_dirs(study_dir):
+        r = 2
+        while paths := {arm: d / mask_name(arm, r) for arm in ARMS if (d / mask_name(arm, r)).exists()}:
+            got = {arm: M.load_packed(path) for arm, path in paths.items()}
+            for a, b in itertools.combinations(got, 2):
+                row = M.similarity(got[a], got[b], by="overall").iloc[0]
+                da, db = row["kept_a"] / row["total"], row["kept_b"] / row["total"]
+                found.setdefault((r, a, b), []).append((float(row["jaccard"]), float(M.chance_jaccard(da, db)),
+                                                        float(1 - da)))
+            r += 1
+    out = []
+    for (r, a, b), v in sorted(found.items()):
+        j = [x[0] for x in v]
+        out.append({"round": r, "sparsity": statistics.mean(x[2] for x in v), "pair": f"{a} / {b}",
+                    "jaccard_mean": statistics.mean(j), "jaccard_std": statistics.stdev(j) if len(j) > 1 else 0.0,
+                    "seeds": len(j), "chance_jaccard": statistics.mean(x[1] for x in v)})
+    return out
+
+
+def recorded_study(name: str = "quality_digits_converged", records: str | Path = RECORDED) -> dict[str, Any] | None:
+    """:func:`aggregate_records` of a study recorded in the package (``lthdiff/bench/results/<name>/``);
+    None when nothing of it is recorded yet (no dense network)."""
+    d = Path(records) / name
+    if not R.seed_dirs(d):
+        return None
+    try:
+        return aggregate_records(d)
+    except ValueError as exc:
+        if "no dense" in str(exc):
+            return None
+        raise
+
+
+def to_registry(study_dir: str | Path, registry: str | Path) -> list[int]:
+    """Write a study's records into a SQLite :class:`lthdiff.tracking.registry.Registry`: one experiment a seed
+    (method ``study``, its records folder as the run directory, the settings as config), the overall sparsity
+    of every network as its pruning log, and every row's scores as metrics under the study's extractor.
+    Writes are upserts: running it again after more networks landed adds them, duplicates nothing."""
+    from lthdiff.tracking.registry import Registry
+
+    reg = Registry(registry)
+    ids = []
+    try:
+        for d in R.seed_dirs(study_dir):
+            st = R.read_settings(d)
+            exp = reg.find_experiment(d)
+            if exp is None:
+                model = reg.get_or_create_model(st["preset"], {"preset": st["preset"], **(st.get("model") or {})})
+                ds = reg.get_or_create_dataset(st["dataset"], image_size=st["image_size"])
+                exp = reg.start_experiment(model, ds, "study", config={"study": Path(study_dir).name, **st},
+                                           seed=st["seed"], run_dir=d)
+            rows = R.read_networks(d)
+            for x in rows:
+                if x["variant"] == "ticket":
+                    reg.log_round(exp, x["round"], {}, {"final_loss": x["final_loss"]}, sparsity=x["sparsity"])
+                scores = {k: x[k] for k in ("fid", "kid", "fid_test", "kid_test", "final_loss", "loss_at_init",
+                                            "sparsity") if isinstance(x.get(k), (int, float)) and math.isfinite(x[k])}
+                reg.log_metrics(exp, x["round"], scores, extractor=st["extractor"],
+                                settings={"n": st["n"], "sample_steps": st["sample_steps"], "steps": x["steps"]},
+                                variant=x["variant"])
+            planned = len(plan(st, ["ticket"] + [a for a in CHAINS if any(x["variant"] == a for x in rows)]))
+            reg.set_status(exp, "completed" if len(rows) >= planned else "running")
+            ids.append(exp)
+    finally:
+        reg.close()
+    return ids
+
