@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from lthdiff.study.arms import LATE_FRACTION, late_rewind_step
 from .tables import markdown_table
 
-__all__ = ["markdown", "study_summary", "update_readme"]
+__all__ = ["markdown", "study_summary", "update_readme", "overlap_markdown"]
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -68,10 +68,10 @@ def markdown(name: str, agg: dict[str, Any]) -> str:
             "ticket, the fresh init * m for random reinit, the previous network's trained weights * m for prune and "
             "continue, theta_K * m for late rewinding) on one fixed batch of 256 training images, noise and "
             "timesteps, before any training (predicting zero noise scores about 1).\n\n" + markdown_table(init_rows)
-            + _overlap_section(agg.get("mask_overlap") or []))
+            + overlap_markdown(agg.get("mask_overlap") or []))
 
 
-def _overlap_section(rows: Sequence[dict[str, Any]]) -> str:
+def overlap_markdown(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return ""
     table = [{"round": r["round"], "sparsity": f"{r['sparsity']:.1%}", "masks": r["pair"], "seeds": r["seeds"],

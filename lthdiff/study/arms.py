@@ -87,6 +87,12 @@ class Arm:
         d = mask_dir(settings, rec) if self.chain == "ticket" else rec
         return (d / mask_name(self.chain, r)).exists()
 
+    def deps(self, settings: dict[str, Any], r: int) -> list[tuple[int, str]]:
+        """The networks whose records round ``r`` starts from (the chain as task dependencies, for Ray)."""
+        if self.chain == "ticket" and settings.get("masks_from"):
+            return []
+        return [(r - 1, self.chain if r > 1 else "ticket")]
+
     def job(self, ctx: Any, r: int) -> Any:
         """A :class:`Job`, or for a network that is only scored, ``(ema model, losses, steps)``."""
         raise NotImplementedError
@@ -114,6 +120,9 @@ class Dense(Arm):
 
     def ready(self, settings: dict[str, Any], rec: Path, r: int) -> bool:
         return True
+
+    def deps(self, settings: dict[str, Any], r: int) -> list[tuple[int, str]]:
+        return []
 
     def job(self, ctx: Any, r: int) -> Job:
         t = ctx.settings["steps"]
@@ -145,6 +154,9 @@ class DenseHalf(Arm):
     def ready(self, settings: dict[str, Any], rec: Path, r: int) -> bool:
         return (rec / R.network_name(0, "ticket")).exists()
 
+    def deps(self, settings: dict[str, Any], r: int) -> list[tuple[int, str]]:
+        return [(0, "ticket")]
+
     def job(self, ctx: Any, r: int) -> Any:
         from lthdiff.lottery.network import snapshot_ema_dir
         from lthdiff.lottery.runs import read_losses
@@ -168,6 +180,9 @@ class DenseContinued(Arm):
 
     def ready(self, settings: dict[str, Any], rec: Path, r: int) -> bool:
         return (rec / R.network_name(0, "ticket")).exists()
+
+    def deps(self, settings: dict[str, Any], r: int) -> list[tuple[int, str]]:
+        return [(0, "ticket")]
 
     def job(self, ctx: Any, r: int) -> Job:
         dense = ctx.run_dir / "round_00"
@@ -193,6 +208,9 @@ class Late(Arm):
     """theta_K * m_r, trained T - K steps (Frankle et al. 2019); theta_K from the records."""
 
     variant = chain = "late"
+
+    def deps(self, settings: dict[str, Any], r: int) -> list[tuple[int, str]]:
+        return list(dict.fromkeys(super().deps(settings, r) + [(0, "ticket")]))  # theta_K is recorded with dense
 
     def job(self, ctx: Any, r: int) -> Job:
         from lthdiff.store.io import tensors_digest
