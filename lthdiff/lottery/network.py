@@ -92,8 +92,10 @@ def train_network(job: Job, dataset: Dataset, *, task: Any = "diffusion", loss_a
         # Before training: a ticket's theta_0 * m already denoising is the supermask effect (Zhou et al. 2019).
         extra["loss_at_init"] = loss_at_start(job.start, dataset, job.mask, task=task)
     ckpt = d / "ckpt"
-    if job.continues is not None and load_checkpoint(ckpt) is None:
-        extra["continued_from_step"] = fork_checkpoint(Path(job.continues) / "ckpt", ckpt)
+    if job.continues is not None:  # recorded the same whether this call forks or resumes the fork
+        extra["continued_from_step"] = int(read_json(Path(job.continues) / "summary.json")["steps"])
+        if load_checkpoint(ckpt) is None:
+            fork_checkpoint(Path(job.continues) / "ckpt", ckpt)
     model = copy.deepcopy(job.start)
     kw = dict(train_kw, task=task, checkpoint_dir=ckpt, mask=job.mask, desc=job.desc or f"round {job.round} "
               f"{job.variant}")

@@ -1,130 +1,172 @@
-"""Networks trained from the records alone equal run_imp's; each arm starts where its definition says."""
+"""Networks a study trains from its records alone equal run_imp's, and each arm starts where its definition says.
+
+One tiny study (seed 4, T = 40 steps, 2 rounds, the three arms, both controls) is run network by network, its run
+folders wiped before every network (a fresh machine: only the records remain); each network's folder is kept
+aside for the comparisons.
+"""
 import copy
-import os
 import json
-import math
 import shutil
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lthdiff import masks as M
-from lthdiff.study import aggregate as A
-from lthdiff.study import records as R
-from lthdiff.study import queue as Q
-from lthdiff.study.arms import plan, variant_class, late_rewind_step
-from lthdiff.reporting import study as RS
+from lthdiff.config import load_config
 from lthdiff.data import load_dataset
-from lthdiff.lottery import run_imp
-from lthdiff.store import CorruptFileError
+from lthdiff.lottery import IMPResult, RoundInfo, run_imp
 from lthdiff.models import unet
-from lthdiff.lottery import IMPResult, RoundInfo
-from lthdiff.training import make_scheduler
+from lthdiff.study import load_spec, records as R
+from lthdiff.study.arms import late_rewind_step, plan
+from lthdiff.study.engine import SeedContext
 from lthdiff.training import loss_at_start, train
 
-SETTINGS = {"dataset": "digits", "image_size": 16, "preset": "tiny", "steps": 40, "batch_size": 32, "lr": 1e-3,
-            "schedule": [0.5, 0.75], "rewind": "init", "controls": ["random_reinit"], "n": 2000, "sample_steps": 10,
-            "extractor": "lthdiff-digits"}
+from tiny_study import write_config
+
+SEED, STEPS, BS = 4, 40, 8
+K = STEPS // 20
 
 
-# --------------------------------------------------------------------------- continuing from the records
+def _folder(r, variant):
+    if variant in ("ticket",) or r == 0 and variant == "ticket":
+        return f"round_{r:02d}"
+    if variant in ("late", "continue"):
+        return f"{variant}/round_{r:02d}"
+    if variant == "dense_continued":
+        return "round_00_continued"
+    if variant == "dense_half":
+        return "round_00_half_retrained"
+    return f"round_{r:02d}/controls/{variant}"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    from lthdiff.cli import main
+
+    tmp = tmp_path_factory.mktemp("engine")
+    cfg = write_config(tmp / "c.toml", steps=STEPS, rounds=2, seeds=(SEED,), arms=("ticket", "continue", "late"),
+                       controls=("random_reinit", "random_mask"), threads=torch.get_num_threads())
+    rec = tmp / "rec" / "s" / f"seed_{SEED}"
+    kept = tmp / "kept"
+    argv = ["study", "run", str(cfg), "--records", str(tmp / "rec"), "--run-root", str(tmp / "runs"),
+            "--max-networks", "1"]
+    settings = load_spec(cfg).settings
+    for r, variant in plan(settings, ["ticket", "continue", "late"]):
+        shutil.rmtree(tmp / "runs", ignore_errors=True)  # a fresh machine: only the records remain
+        assert main(argv) == 0
+        assert (rec / R.network_name(r, variant)).exists(), (r, variant)
+        src = tmp / "runs" / f"seed_{SEED}" / _folder(r, variant)
+        if src.is_dir():
+            shutil.copytree(src, kept / f"r{r:02d}_{variant}")
+    assert main(argv[:-2]) == 0  # nothing left: no network is trained or recorded twice
+    assert len(R.read_networks(rec)) == len(plan(settings, ["ticket", "continue", "late"]))
+    return {"cfg": cfg, "rec": rec, "kept": kept, "tmp": tmp, "settings": settings}
+
+
+def _same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def _imp(tmp, rewind, controls=()):
+    run_dir = tmp / f"imp_{rewind.replace(':', '_')}"
+    if not (run_dir / "round_02" / "summary.json").exists():
+        run_imp(unet("tiny", seed=SEED), load_dataset("digits", image_size=16), rounds=2, sparsity_schedule=[0.5, 0.75],
+                steps_per_round=STEPS, run_dir=run_dir, controls=controls, seed=SEED, batch_size=BS, lr=1e-3,
+                rewind=rewind, progress=False)
+    return IMPResult.load(run_dir)
+
+
 @pytest.mark.slow
-def test_chain_continued_from_records_on_fresh_state_equals_run_imp(tmp_path):
-    """Each network trained by a new process from the records alone (run directories wiped in between)
-    equals the same network of one uninterrupted run_imp; dense continued to 1.5 T equals one 1.5 T run."""
-    steps, seed, bs = 20, 4, 8
-    argv = ["--name", "s", "--steps", str(steps), "--rounds", "2", "--n", "8", "--sample-steps", "2",
-            "--batch-size", str(bs), "--seeds", str(seed), "--records", str(tmp_path / "rec"),
-            "--run-root", str(tmp_path / "runs"), "--max-networks", "1",
-            "--threads", str(torch.get_num_threads())]  # bit-identical needs the same thread count
-    ds = load_dataset("digits", image_size=16)
-    ref = tmp_path / "imp"
-    run_imp(unet("tiny", seed=seed), ds, rounds=2, sparsity_schedule=[0.5, 0.75], steps_per_round=steps,
-            run_dir=ref, controls=("random_reinit",), seed=seed, batch_size=bs, lr=1e-3, progress=False)
-    imp = IMPResult.load(ref)
-    expected = {(0, "ticket"): imp.rounds[0], (1, "ticket"): imp.rounds[1], (2, "ticket"): imp.rounds[2],
-                (1, "random_reinit"): imp.rounds[1].controls["random_reinit"],
-                (2, "random_reinit"): imp.rounds[2].controls["random_reinit"]}
-    plan = Q.plan({**SETTINGS, "schedule": [0.5, 0.75]})
-    for r, variant in plan:
-        shutil.rmtree(tmp_path / "runs", ignore_errors=True)  # a fresh machine: only the records remain
-        assert Q.main(argv) == 0
-        row = json.loads((tmp_path / "rec" / "s" / f"seed_{seed}" / R.network_name(r, variant)).read_text())
-        run = tmp_path / "runs" / f"seed_{seed}"
-        if (r, variant) in expected:
-            want = expected[(r, variant)]
-            got = RoundInfo.from_dir(run / f"round_{r:02d}" / ("controls/" + variant if variant != "ticket" else ""))
-            assert all(torch.equal(a, b) for a, b in zip(got.load_model(ema=False).state_dict().values(),
-                                                         want.load_model(ema=False).state_dict().values())), (r, variant)
-            assert all(torch.equal(got.load_mask()[k], want.load_mask()[k]) for k in want.load_mask())
-            assert row["loss_at_init"] == pytest.approx(want.loss_at_init, rel=1e-6)
-            assert row["sparsity"] == pytest.approx(want.sparsity)
-        if variant == "dense_continued":
-            info = RoundInfo.from_dir(run / "round_00" / "continued")
-            assert info.summary["resumed_from"] == steps  # continued from T, not retrained from scratch
-            cont = info.load_model(ema=False)
-            once = train(unet("tiny", seed=seed), ds, steps * 3 // 2, batch_size=bs, lr=1e-3, seed=seed,
-                         mask=M.ones(unet("tiny", seed=seed)), progress=False).model
-            assert all(torch.equal(a, b) for a, b in zip(cont.state_dict().values(), once.state_dict().values()))
-            assert row["steps"] == steps * 3 // 2
-    rec = R.read_networks(tmp_path / "rec" / "s" / f"seed_{seed}")
-    assert [(x["round"], x["variant"]) for x in rec] == sorted(plan)
-    assert Q.main(argv) == 0  # nothing left: no network is trained or recorded twice
-    assert len(R.read_networks(tmp_path / "rec" / "s" / f"seed_{seed}")) == len(plan)
-
-
-def test_late_rewinding_arm_from_records_equals_run_imp_with_rewind_step(tmp_path):
-    """The late arm (theta_K, K = T // 20, trained again from the seed; masks from the records), one
-    network per fresh process state, equals run_imp(rewind="step:K") network for network."""
-    steps, seed, bs = 40, 4, 8
-    k = Q.late_rewind_step({"steps": steps})
-    assert k == 2
-    argv = ["--name", "s", "--steps", str(steps), "--rounds", "2", "--n", "8", "--sample-steps", "2",
-            "--batch-size", str(bs), "--seeds", str(seed), "--records", str(tmp_path / "rec"),
-            "--run-root", str(tmp_path / "runs"), "--max-networks", "1", "--arms", "late", "ticket",
-            "--controls", "--threads", str(torch.get_num_threads())]
-    ref = tmp_path / "imp"
-    run_imp(unet("tiny", seed=seed), load_dataset("digits", image_size=16), rounds=2, sparsity_schedule=[0.5, 0.75],
-            steps_per_round=steps, run_dir=ref, controls=(), seed=seed, batch_size=bs, lr=1e-3, rewind=f"step:{k}",
-            progress=False)
-    imp = IMPResult.load(ref)
-    rec = tmp_path / "rec" / "s" / f"seed_{seed}"
-    while not (rec / "r02_late.json").exists() or not (rec / "mask_r02.npz").exists():
-        shutil.rmtree(tmp_path / "runs", ignore_errors=True)  # a fresh machine: only the records remain
-        assert Q.main(argv) == 0
-        late2 = tmp_path / "runs" / f"seed_{seed}" / "late" / "round_02"
-        if late2.is_dir() and not (tmp_path / "late2").exists():  # the next pass wipes it
-            shutil.copytree(late2, tmp_path / "late2")
+@pytest.mark.parametrize("rewind, variant", [("init", "ticket"), (f"step:{K}", "late"), ("none", "continue")])
+def test_each_arm_from_the_records_equals_run_imp(study, rewind, variant):
+    """ticket = run_imp(rewind="init"), late = run_imp(rewind="step:K"), continue = run_imp(rewind="none"),
+    network for network: weights, mask, loss at init, sparsity and steps."""
+    imp = _imp(study["tmp"], rewind, ("random_reinit",) if variant == "ticket" else ())
     for r in (1, 2):
-        got = RoundInfo.from_dir(tmp_path / "late2") if r == 2 else None
-        row = json.loads((rec / R.network_name(r, "late")).read_text())
-        assert row["steps"] == steps - k and row["rewind_step"] == k
-        assert row["sparsity"] == pytest.approx(imp.rounds[r].sparsity)
-        assert row["loss_at_init"] == pytest.approx(imp.rounds[r].loss_at_init, rel=1e-6)
-        if got is not None:
-            want = imp.rounds[r]
-            assert all(torch.equal(a, b) for a, b in zip(got.load_model(ema=False).state_dict().values(),
-                                                         want.load_model(ema=False).state_dict().values()))
-    # round 2's mask was pruned from the late round 1, not from the ticket's round 1
-    late2 = torch.cat([t.flatten() for t in M.load_packed(rec / "mask_late_r02.npz").values()])
-    want2 = torch.cat([t.flatten() for t in imp.rounds[2].load_mask().values()])
-    tick2 = torch.cat([t.flatten() for t in M.load_packed(rec / "mask_r02.npz").values()])
-    assert torch.equal(late2, want2) and not torch.equal(late2, tick2)
+        got = RoundInfo.from_dir(study["kept"] / f"r{r:02d}_{variant}", variant=variant)
+        want = imp.rounds[r]
+        row = json.loads((study["rec"] / R.network_name(r, variant)).read_text())
+        assert _same_weights(got.load_model(ema=False), want.load_model(ema=False)), (variant, r)
+        assert all(torch.equal(got.load_mask()[k], want.load_mask()[k]) for k in want.load_mask())
+        assert row["loss_at_init"] == pytest.approx(want.loss_at_init, rel=1e-6)
+        assert row["sparsity"] == pytest.approx(want.sparsity) and row["steps"] == want.summary["steps"]
+    if variant == "ticket":
+        ctrl = RoundInfo.from_dir(study["kept"] / "r02_random_reinit")
+        assert _same_weights(ctrl.load_model(ema=False), imp.rounds[2].controls["random_reinit"].load_model(ema=False))
+        dense = RoundInfo.from_dir(study["kept"] / "r00_ticket")
+        assert _same_weights(dense.load_model(ema=False), imp.rounds[0].load_model(ema=False))
+    else:  # round 2 of the arm pruned its own round 1, not the ticket's
+        own = M.load_packed(study["rec"] / f"mask_{variant}_r02.npz")
+        tick = M.load_packed(study["rec"] / "mask_r02.npz")
+        assert not all(torch.equal(own[k], tick[k]) for k in own)
 
 
-def test_late_arm_warns_when_theta_k_differs_from_the_recorded_one(tmp_path):
-    argv = ["--name", "s", "--steps", "20", "--rounds", "2", "--n", "8", "--sample-steps", "2", "--batch-size", "8",
-            "--seeds", "2", "--records", str(tmp_path / "rec"), "--run-root", str(tmp_path / "runs"),
-            "--arms", "ticket", "late", "--controls"]
-    rec = tmp_path / "rec" / "s" / "seed_2"
-    while not (rec / "mask_late_r02.npz").exists():
-        assert Q.main(argv + ["--max-networks", "1"]) == 0
-    row = json.loads((rec / "r01_late.json").read_text())
-    # as if recorded on another device (write_network refuses to overwrite a record, rightly)
-    (rec / "r01_late.json").write_text(json.dumps({**row, "theta_k_digest": "0" * 64}))
-    with pytest.warns(UserWarning, match="differs from the recorded late networks' \\(000000000000\\)"):
-        assert Q.main(argv) == 0
-    assert json.loads((rec / "r02_late.json").read_text())["theta_k_digest"] == row["theta_k_digest"]
+@pytest.mark.slow
+def test_dense_continued_equals_one_run_of_1_5_T(study):
+    ds = load_dataset("digits", image_size=16)
+    cont = RoundInfo.from_dir(study["kept"] / "r00_dense_continued").load_model(ema=False)
+    once = train(unet("tiny", seed=SEED), ds, STEPS * 3 // 2, batch_size=BS, lr=1e-3, seed=SEED,
+                 mask=M.ones(unet("tiny", seed=SEED)), progress=False).model
+    assert _same_weights(cont, once)
+    assert json.loads((study["rec"] / "r00_dense_continued.json").read_text())["steps"] == STEPS * 3 // 2
 
 
+@pytest.mark.slow
+def test_each_arm_starts_where_its_definition_says(study):
+    """From the records alone, each arm's start weights and mask, against an independent construction:
+    ticket theta_0 * m (theta_0 from the seed); late theta_K * m (the dense run stopped at K); continue the
+    recorded trained weights * m (the dense network's own folder); the loss at init of each row likewise."""
+    from lthdiff.study.arms import variant_class
+
+    spec = load_spec(study["cfg"], records=study["tmp"] / "rec", run_root=study["tmp"] / "fresh")
+    ctx = SeedContext(spec.config, spec.settings, SEED, study["rec"], study["tmp"] / "fresh" / f"seed_{SEED}")
+    ds = load_dataset("digits", image_size=16)
+    theta0 = unet("tiny", seed=SEED)
+    theta_k = train(unet("tiny", seed=SEED), ds, K, batch_size=BS, lr=1e-3, seed=SEED,
+                    mask=M.ones(theta0), progress=False).model
+    dense = RoundInfo.from_dir(study["kept"] / "r00_ticket").load_model(ema=False)
+    cont1 = RoundInfo.from_dir(study["kept"] / "r01_continue").load_model(ema=False)
+    want = {("ticket", 1): (theta0, "mask_r01.npz"), ("ticket", 2): (theta0, "mask_r02.npz"),
+            ("late", 1): (theta_k, "mask_r01.npz"), ("late", 2): (theta_k, "mask_late_r02.npz"),
+            ("continue", 1): (dense, "mask_r01.npz"), ("continue", 2): (cont1, "mask_continue_r02.npz")}
+    for (variant, r), (start, mask_file) in want.items():
+        job = variant_class(variant, r).job(ctx, r)
+        mask = M.load_packed(study["rec"] / mask_file)
+        assert all(torch.equal(job.mask[k], mask[k]) for k in mask), (variant, r)
+        if variant == "continue" and r == 2:  # the kept weights are the previous network's, pruned by its mask
+            prev = M.load_packed(study["rec"] / "mask_r01.npz")
+            start = copy.deepcopy(start)
+            M.apply(start, prev)
+        assert _same_weights(job.start, start), (variant, r)
+        row = json.loads((study["rec"] / R.network_name(r, variant)).read_text())
+        assert row["loss_at_init"] == pytest.approx(loss_at_start(start, ds, mask), rel=1e-6), (variant, r)
+    assert K == late_rewind_step(spec.settings)
+
+
+@pytest.mark.slow
+def test_controls_differ_from_the_ticket_for_every_seed_and_repeat_for_the_same_seed(study):
+    """random_reinit: another initialisation than theta_0 for every seed tried, the same for the same seed;
+    random_mask: theta_0 with another mask of the ticket's per-layer sparsity."""
+    from lthdiff.study.arms import variant_class
+
+    spec = load_spec(study["cfg"])
+    starts = {}
+    for seed in (0, 1, 2, SEED):
+        ctx = SeedContext(spec.config, spec.settings, seed, study["tmp"] / "ctl" / f"seed_{seed}",
+                          study["tmp"] / "ctl_runs")
+        ctx.mask = lambda chain, r: M.load_packed(study["rec"] / "mask_r01.npz")  # the recorded ticket mask
+        job = variant_class("random_reinit", 1).job(ctx, 1)
+        theta0 = unet("tiny", seed=seed)
+        sd, s0 = job.start.state_dict(), theta0.state_dict()
+        assert not any(torch.equal(sd[k], s0[k]) for k in s0 if k.endswith("weight") and s0[k].dim() > 1), seed
+        assert torch.equal(torch.cat([m.flatten() for m in job.mask.values()]),
+                           torch.cat([m.flatten() for m in ctx.mask("ticket", 1).values()]))
+        again = variant_class("random_reinit", 1).job(ctx, 1)
+        assert _same_weights(job.start, again.start)
+        starts[seed] = job.start
+        rm = variant_class("random_mask", 1).job(ctx, 1)
+        tick = ctx.mask("ticket", 1)
+        assert _same_weights(rm.start, theta0)
+        assert not all(torch.equal(rm.mask[k], tick[k]) for k in tick)
+        assert {k: int(v.sum()) for k, v in rm.mask.items()} == {k: int(v.sum()) for k, v in tick.items()}
+    assert not _same_weights(starts[0], starts[1]) and not _same_weights(starts[1], starts[2])
