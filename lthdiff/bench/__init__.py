@@ -1,1 +1,3 @@
-"""Benchmarks, on top of the library (nothing in it imports them): `python -m lthdiff.bench NAME` writes JSON + Markdown; recorded results and studies live in `bench/results/`."""
+"""Benchmarks (speed, size, MACs, and the short recorded comparisons), on top of the library (nothing in it imports
+them): `python -m lthdiff.bench NAME` writes JSON + Markdown; recorded results live in `bench/results/`.  Studies
+(the recorded multi-seed experiments) are the library's: :mod:`lthdiff.study`."""

@@ -7,7 +7,7 @@ the same sparsity (You et al. 2020: magnitude mask every ``--every`` steps of de
 then the mask on theta_0, retrained T steps: stop step + T training steps).  Both are scored by FID/KID
 from ``--n`` DDIM-``--sample-steps`` samples of the EMA weights (sampling seed = training seed) against
 the training set with the extractor ``feature_extractor="auto"`` resolves (offline: lthdiff-digits), the
-protocol of ``bench quality``.  Reported: FID mean +- std per method, EB/IMP FID ratio per seed, EB/IMP
+protocol of the recorded study (``lthdiff study``).  Reported: FID mean +- std per method, EB/IMP FID ratio per seed, EB/IMP
 training-compute ratio, and whether the target (EB FID within 10 % of IMP's for <= 40 % of its
 training steps) is met.  Results are rewritten after every seed, so an interrupted run leaves the seeds
 it finished.

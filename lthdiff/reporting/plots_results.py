@@ -66,7 +66,7 @@ def quality_vs_sparsity(table: Any, *, metric: str = "fid", ax: Any = None, matc
                         title: str | None = None):
     """Mean metric (FID) vs weights remaining (%, log axis, sparser to the right, as Frankle & Carbin
     2019, Fig. 1) with +-1 std error bars over seeds, one line per variant, and the dense model as a
-    band (mean +- 1 std): the matching-sparsity bound of ``lthdiff.bench quality``.
+    band (mean +- 1 std): the matching-sparsity bound of a study (``lthdiff study``).
 
     ``table``: rows of :func:`lthdiff.evaluation.verdict.aggregate` (a DataFrame or list of dicts with
     ``sparsity``, ``variant``, ``<metric>_mean``, ``<metric>_std``; the dense row has variant "dense").

@@ -10,7 +10,7 @@ line: ``lthdiff study run | status | aggregate``.
 """
 
 from . import spec
-from .spec import RECORDED, StudySpec, load_spec, prepare_records, settings
+from .spec import RECORDED, StudySpec, check_records, load_spec, prepare_records, settings, spec_for
 from . import records
 from . import arms
 from .arms import ARMS, LATE_FRACTION, check_arms, late_rewind_step, mask_name, plan
@@ -21,7 +21,8 @@ from .queue import run_local, status, work
 from . import aggregate
 from .aggregate import aggregate_records, converged, loss_plateau, mask_overlap, recorded_study
 
-__all__ = ["spec", "RECORDED", "StudySpec", "load_spec", "prepare_records", "settings", "records", "arms", "ARMS",
+__all__ = ["spec", "RECORDED", "StudySpec", "check_records", "load_spec", "prepare_records", "settings", "spec_for",
+           "records", "arms", "ARMS",
            "LATE_FRACTION", "check_arms", "late_rewind_step", "mask_name", "plan", "engine", "SeedContext",
            "run_network", "score", "queue", "run_local", "status", "work", "aggregate", "aggregate_records",
            "converged", "loss_plateau", "mask_overlap", "recorded_study"]

@@ -140,9 +140,10 @@ def mask_overlap(study_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def recorded_study(name: str = "quality_digits_converged", records: str | Path = RECORDED) -> dict[str, Any] | None:
-    """:func:`aggregate_records` of a study recorded in the package (``lthdiff/bench/results/<name>/``);
-    None when nothing of it is recorded yet (no dense network)."""
-    d = Path(records) / name
+    """:func:`aggregate_records` of a study: ``name`` a study recorded in the package (``lthdiff/study/recorded/``,
+    or in ``records``) or a records folder of the user's (``studies/my_study``); None when nothing of it is
+    recorded yet (no dense network)."""
+    d = Path(name) if Path(name).is_dir() and R.seed_dirs(Path(name)) else Path(records) / name
     if not R.seed_dirs(d):
         return None
     try:

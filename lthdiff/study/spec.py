@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 from lthdiff.config import Config, ConfigError, load_config
 
-__all__ = ["RECORDED", "OFFLINE_EXTRACTORS", "StudySpec", "settings", "load_spec", "check_records", "prepare_records"]
+__all__ = ["RECORDED", "OFFLINE_EXTRACTORS", "StudySpec", "settings", "load_spec", "check_records", "prepare_records",
+           "spec_for"]
 
 # The repository's recorded studies, shipped with the package (read them; continue them elsewhere).
 RECORDED = Path(__file__).resolve().parent / "recorded"
@@ -140,4 +141,39 @@ def check_records(spec: StudySpec) -> None:
             k = diff[0]
             raise ConfigError(f"{d} was recorded with other settings ({k}: recorded {old.get(k)!r}, this config "
                               f"{spec.settings.get(k)!r}); nothing was written: use another [study] name or --records")
+
+
+def spec_for(name: str, *, dataset: str = "digits", image_size: int = 16, preset: str = "tiny", width: float = 1.0,
+             steps: int = 6000, seeds: Sequence[int] = (0, 1, 2), arms: Sequence[str] = ("ticket",),
+             rounds: int = 5, prune_per_round: float = 0.5, n: int = 2000, sample_steps: int = 10,
+             records: str | Path | None = None, run_root: str | Path | None = None, **study: Any) -> StudySpec:
+    """A study's spec from a few plain values (notebook 06's widgets): ``width`` multiplies the preset's channels
+    (0.5: the tiny UNet's 32, 48, 48 become 16, 24, 24; rounded to the UNet's 8 channels a group).  Starts from
+    the shipped config of that name when there is one (the repository's recorded studies), so the defaults
+    continue it; every value given overrides it."""
+    from lthdiff.config import CONFIGS_DIR, StudyConfig
+    from lthdiff.models.unets import PRESETS
+
+    cfg = load_config(name) if (CONFIGS_DIR / f"{name}.toml").exists() else Config()
+    if not width > 0:
+        raise ConfigError(f"width = {width!r} is not accepted; accepted: a number > 0 (1: the preset's channels)")
+    base = PRESETS[preset]["block_out_channels"] if preset in PRESETS else ()
+    group = PRESETS.get(preset, {}).get("norm_num_groups", 8)
+    cfg.data.name, cfg.data.image_size, cfg.model.preset = dataset, image_size, preset
+    cfg.model.block_out_channels = [] if width == 1 else [max(group, int(round(c * width / group)) * group) for c in base]
+    cfg.train.steps, cfg.imp.rounds, cfg.imp.prune_per_round = steps, rounds, prune_per_round
+    cfg.eval.n, cfg.eval.steps = n, sample_steps
+    if cfg.eval.feature_extractor == "auto" and dataset in OFFLINE_EXTRACTORS:
+        cfg.eval.feature_extractor = OFFLINE_EXTRACTORS[dataset]
+    known = {f for f in StudyConfig.__dataclass_fields__}
+    bad = [k for k in study if k not in known]
+    if bad:
+        raise ConfigError(f"unknown key [study] {bad[0]}; accepted: {', '.join(sorted(known))}")
+    cfg.study.name, cfg.study.seeds, cfg.study.arms = name, list(seeds), list(arms)
+    for k, v in study.items():
+        setattr(cfg.study, k, v)
+    from lthdiff.config import from_dict
+
+    from_dict(cfg.to_dict())  # every value checked as a config file's would be
+    return load_spec(cfg, records=records, run_root=run_root)
 
