@@ -12,6 +12,7 @@ import time
 import pytest
 
 from lthdiff import masks as M
+from lthdiff.store.io import load_tensors, tensors_digest
 from lthdiff.study import records as R
 
 from tiny_study import write_config
@@ -31,8 +32,8 @@ def _records(study_dir):
                 got[p.name] = {k: row.get(k) for k in SCIENCE}
             elif p.suffix == ".npz":
                 got[p.name] = M.packed.load_packed(p)["conv_in.weight"].tolist()
-            elif p.suffix == ".safetensors":
-                got[p.name] = p.read_bytes()
+            elif p.suffix == ".safetensors":  # the tensors (the file's byte layout may differ run to run)
+                got[p.name] = tensors_digest(load_tensors(p)[0])
         out[d.name] = got
     return out
 
