@@ -12,6 +12,7 @@ network is returned as it is, after checking that its mask and length are the jo
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -103,8 +104,11 @@ def train_network(job: Job, dataset: Dataset, *, task: Any = "diffusion", loss_a
         if 0 < step < job.steps and not Path(path).exists():
             state = load_checkpoint(ckpt)
             if state is not None and int(state["step"]) > step:
-                raise ValueError(f"{ckpt} is past step {step} but its snapshot {path} is missing; delete {ckpt} to "
-                                 "train the network again")
+                # A run folder from before this snapshot was asked for: go on without it (whoever needs it
+                # trains it again from the seed, deterministic) rather than retrain this network.
+                warnings.warn(f"{ckpt} is past step {step} and holds no snapshot {path}; continuing without it",
+                              stacklevel=2)
+                continue
             res = train(model, dataset, step, **kw)
             on_main(_save_snapshot, res, Path(path))
     res = train(model, dataset, job.steps, **kw)

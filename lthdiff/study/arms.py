@@ -165,6 +165,14 @@ class DenseHalf(Arm):
         half, snap = ctx.settings["steps"] // 2, ctx.run_dir / "round_00_half"
         if snap.exists() and (ctx.run_dir / "round_00" / "summary.json").exists():
             return load_model(snapshot_ema_dir(snap)), read_losses(ctx.run_dir / "round_00")[:half], half
+        kept = ctx.run_dir / "round00_ckpt_kept" / f"ckpt-{half:07d}.pt"  # run folders of the 2026-12 benchmark
+        if kept.exists():
+            import torch
+
+            from lthdiff.training.loop import ema_from_checkpoint
+
+            state = torch.load(kept, map_location="cpu", weights_only=False)
+            return ema_from_checkpoint(ctx.theta0, state), list(state["losses"]), int(state["step"])
         return Job(ctx.theta0, M.ones(ctx.theta0), half, ctx.run_dir / "round_00_half_retrained", 0,
                    variant=self.variant, desc=f"seed {ctx.seed} dense to T/2")
 
