@@ -50,3 +50,23 @@ def test_classic_accuracy_from_a_payload(tmp_path):
     assert "mnist5k" in fig.axes[0].get_title()
     assert len(fig.axes[0].get_legend_handles_labels()[1]) == 3  # ticket, random reinit, dense
     plots.close(fig)
+
+
+def test_matching_vs_width_places_each_width_at_its_parameters_and_marks_jiang():
+    def agg(match, miss, ratios):
+        return {"matching": {"sparsity": match, "first_miss": miss}, "seeds": [0, 1, 2],
+                "table": [{"variant": "ticket", "sparsity": s, "ratio_to_dense_mean": r, "ratio_to_dense_std": 0.1}
+                          for s, r in ratios]}
+    studies = [{"params": 2.79e6, "label": "2x", "agg": agg(0.96875, None, [(0.5, 0.8), (0.96875, 0.95)])},
+               {"params": 0.18e6, "label": "0.5x", "agg": agg(0.875, 0.9375, [(0.5, 0.9), (0.9375, 1.6)])}]
+    fig = plots.matching_vs_width(studies)
+    left, right = fig.axes[:2]
+    pts = {c.get_label(): (c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0]) for c in left.containers}
+    assert pts["0.5x (0.18M)"] == pytest.approx((0.18e6, 87.5)) and pts["2x (2.8M)"] == pytest.approx((2.79e6, 96.875))
+    star = left.collections[-1].get_offsets()[0]
+    assert tuple(star) == pytest.approx((plots.JIANG_PARAMS, 99.0)) and left.get_xscale() == "log"
+    curve = next(c for c in right.containers if c.get_label().startswith("0.5x")).lines[0]
+    assert list(curve.get_xdata()) == pytest.approx([50.0, 6.25]) and list(curve.get_ydata()) == pytest.approx([0.9, 1.6])
+    plots.close(fig)
+    with pytest.raises(ValueError, match="at least one study"):
+        plots.matching_vs_width([])

@@ -3,8 +3,8 @@
 from . import figure_base
 from .figure_base import axes, close, data_uri, to_png
 from . import plots_results
-from .plots_results import (classic_accuracy, mask_distance_curve, plot_accuracy, quality_vs_sparsity,
-                            structured_tickets)
+from .plots_results import (classic_accuracy, mask_distance_curve, matching_vs_width, plot_accuracy,
+                            quality_vs_sparsity, structured_tickets)
 from . import plots
 from .plots import (WithStatic, image_panels, loss_curve, sparsity_curve, sparsity_curve_interactive,
                     sparsity_heatmap, with_static)
@@ -19,7 +19,7 @@ from . import report
 from .report import ReportPaths, block_sparsity, build, main, read_metrics, results_table, wide_table
 
 __all__ = ["figure_base", "axes", "close", "data_uri", "to_png", "plots_results", "classic_accuracy",
-           "mask_distance_curve", "plot_accuracy", "quality_vs_sparsity", "structured_tickets", "plots",
+           "mask_distance_curve", "matching_vs_width", "plot_accuracy", "quality_vs_sparsity", "structured_tickets", "plots",
            "WithStatic", "image_panels", "loss_curve", "sparsity_curve", "sparsity_curve_interactive",
            "sparsity_heatmap", "with_static", "tables", "cells", "fmt", "html_table", "markdown_table", "md_table", "py_value",
            "study", "markdown", "study_summary", "update_readme", "widgets", "browser", "screenshot", "report", "ReportPaths", "block_sparsity", "build", "main",

@@ -11,7 +11,7 @@ from .figure_base import axes as _axes
 from .figure_base import readable_log_axis
 
 __all__ = ["plot_accuracy", "quality_vs_sparsity", "classic_accuracy", "mask_distance_curve", "structured_tickets",
-           "VARIANT_LABELS"]
+           "VARIANT_LABELS", "matching_vs_width", "JIANG_PARAMS"]
 
 # Legend names of the variants (ticket, controls, study arms); anything else is shown as it is named.
 VARIANT_LABELS = {"ticket": "ticket (IMP, rewound)", "random_reinit": "random reinit", "random_mask": "random mask",
@@ -211,4 +211,46 @@ def structured_tickets(results: str | os.PathLike | Mapping[str, Any], *, metric
     ax.set_title(title or f"Structured tickets: {metric.upper()} (mean ± std, seeds)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # off the bars
     ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+JIANG_PARAMS = 35.7e6  # Jiang et al. 2023's CIFAR-10 DDPM UNet (google/ddpm-cifar10-32)
+
+
+def matching_vs_width(studies: Sequence[Mapping[str, Any]], *, title: str | None = None):
+    """Does the matching sparsity grow with width?  Left: the matching sparsity of each width's study against its
+    parameter count (log x), the first miss as the top of an error bar (the limit lies between the two), and Jiang
+    et al. 2023's claim (tickets to 99 % at 35.7M parameters) marked; right: ticket FID / dense per sparsity, one
+    curve a width.  ``studies``: ``{"params": int, "label": str, "agg": aggregate_records(...)}`` per width."""
+    import matplotlib.pyplot as plt
+
+    if not studies:
+        raise ValueError("matching_vs_width needs at least one study (params, label, agg)")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    for i, st in enumerate(sorted(studies, key=lambda s: s["params"])):
+        m, p = st["agg"]["matching"], st["params"]
+        top = m["first_miss"] if m["first_miss"] is not None else m["sparsity"]
+        left.errorbar([p], [100 * m["sparsity"]], yerr=[[0], [100 * (top - m["sparsity"])]], marker="o", ms=7,
+                      capsize=4, color=f"C{i}", label=f"{st['label']} ({p / 1e6:.2g}M)")
+        t = [r for r in st["agg"]["table"] if r["variant"] == "ticket" and r["sparsity"] > 0]
+        right.errorbar([100 * (1 - r["sparsity"]) for r in t], [r["ratio_to_dense_mean"] for r in t],
+                       yerr=[r["ratio_to_dense_std"] for r in t], marker="o", ms=4, capsize=3, color=f"C{i}",
+                       label=f"{st['label']} ({len(st['agg']['seeds'])} seeds)")
+    left.scatter([JIANG_PARAMS], [99.0], marker="*", s=160, color="black", zorder=3,
+                 label="Jiang et al. 2023 claim (99 %, not a rewound ticket)")
+    left.set_xscale("log")
+    left.set_xlabel("UNet parameters (log scale)")
+    left.set_ylabel("matching sparsity (%) \u2192 first miss")
+    left.set_ylim(min(80.0, left.get_ylim()[0]), 100)
+    left.legend(fontsize=7, loc="lower right")
+    left.grid(alpha=0.3)
+    right.axhline(1.0, color="gray", lw=1)
+    right.set_xscale("log")
+    right.invert_xaxis()
+    right.set_xlabel("weights remaining (%, log scale)")
+    right.set_ylabel("ticket FID / dense FID (per seed, mean ± std)")
+    right.legend(fontsize=7, loc="upper left")
+    right.grid(alpha=0.3)
+    fig.suptitle(title or "Matching sparsity vs width (digits 16 px; FID in lthdiff-digits features)", fontsize=10)
+    fig.tight_layout()
     return fig

@@ -19,7 +19,8 @@ from . import records as R
 from .arms import ARMS, mask_name, plan
 from .spec import RECORDED
 
-__all__ = ["loss_plateau", "converged", "aggregate_records", "mask_overlap", "recorded_study", "to_registry"]
+__all__ = ["loss_plateau", "converged", "aggregate_records", "mask_overlap", "recorded_study", "to_registry",
+           "longer_training"]
 
 CHAINS = ("continue", "late")  # the arms beside the ticket's IMP chain, one network per pruned round
 
@@ -188,3 +189,44 @@ def to_registry(study_dir: str | Path, registry: str | Path) -> list[int]:
         reg.close()
     return ids
 
+
+
+def longer_training(base_dir: str | Path, long_dir: str | Path) -> dict[str, Any]:
+    """Are the sparse tickets converged?  A study trained longer (``long_dir``: its dense network and, on the base
+    study's recorded masks, its tickets at a few sparsities, every network L steps) against the base study (T steps):
+    per seed and sparsity the ticket's FID at T and at L, the dense FID at T and L (both from ``long_dir``: its
+    ``dense_half`` is the same training stopped at L / 2 = T, so dense is compared on one machine), FID / dense at
+    equal length, and the matching sparsity recomputed at L (:func:`lthdiff.evaluation.verdict.matching_sparsity`
+    over the long study's dense and tickets).  Rows appear as networks land."""
+    base = aggregate_records(base_dir)
+    long_rows = [x for d in R.seed_dirs(long_dir) for x in R.read_networks(d)]
+    settings = R.check_same_settings([R.read_settings(d) for d in R.seed_dirs(long_dir)])
+    t_base = int(base["settings"]["steps"])
+    by_base = {(x["seed"], round(x["sparsity"], 4)): x for x in base["rows"] if x["variant"] == "ticket"}
+    dense_t = {x["seed"]: x["fid"] for x in long_rows if x["round"] == 0 and x["variant"] == "dense_half"}
+    dense_l = {x["seed"]: x["fid"] for x in long_rows if x["round"] == 0 and x["variant"] == "ticket"}
+    rows = []
+    for x in sorted((x for x in long_rows if x["variant"] == "ticket" and x["round"] > 0),
+                    key=lambda x: (x["sparsity"], x["seed"])):
+        b = by_base.get((x["seed"], round(x["sparsity"], 4)))
+        rows.append({"seed": x["seed"], "sparsity": x["sparsity"], "fid_T": b["fid"] if b else None,
+                     "fid_L": x["fid"], "dense_T": dense_t.get(x["seed"]), "dense_L": dense_l.get(x["seed"]),
+                     "ratio_T": b["ratio_to_dense"] if b and "ratio_to_dense" in b else None,
+                     "ratio_L": x["fid"] / dense_l[x["seed"]] if x["seed"] in dense_l else None})
+    for r in rows:  # at T the base study's own dense network (its machine) is the reference
+        dense_base = next((y["fid"] for y in base["rows"] if y["seed"] == r["seed"] and y["round"] == 0
+                           and y["variant"] == "ticket"), None)
+        r["ratio_T"] = r["fid_T"] / dense_base if r["fid_T"] is not None and dense_base else None
+    match = None
+    chain = [x for x in long_rows if x["variant"] == "ticket"]
+    if any(x["round"] == 0 for x in chain) and any(x["round"] > 0 for x in chain):
+        match = matching_sparsity(chain)
+    sp = sorted({r["sparsity"] for r in rows})
+    mean = lambda v: statistics.mean(v) if v else None  # noqa: E731
+    summary = [{"sparsity": s, "seeds": sum(r["sparsity"] == s for r in rows),
+                "ratio_T_mean": mean([r["ratio_T"] for r in rows if r["sparsity"] == s and r["ratio_T"] is not None]),
+                "ratio_L_mean": mean([r["ratio_L"] for r in rows if r["sparsity"] == s and r["ratio_L"] is not None])}
+               for s in sp]
+    dense = [{"seed": s, "fid_T": dense_t.get(s), "fid_L": dense_l[s]} for s in sorted(dense_l)]
+    return {"steps_T": t_base, "steps_L": int(settings["steps"]), "rows": rows, "by_sparsity": summary,
+            "dense": dense, "matching_L": match, "matching_T": base["matching"]}
