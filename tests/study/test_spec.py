@@ -84,3 +84,13 @@ def test_records_of_other_settings_or_a_foreign_folder_are_refused_and_untouched
     assert os.listdir(tmp_path / "other" / "s") == ["notes.txt"]
     with pytest.raises(ConfigError, match="unknown"):
         load_spec(write_config(tmp_path / "d.toml", arms=("tickets",)))
+
+
+@pytest.mark.parametrize("dataset, size, want", [("digits", 16, "lthdiff-digits"), ("mnist5k", 32, "lthdiff-mnist"),
+                                                 ("cifar10", 32, "inception")])
+def test_auto_extractor_is_fixed_by_dataset_not_by_what_is_reachable(tmp_path, dataset, size, want):
+    """A study's extractor is a setting: "auto" resolves by dataset, the same offline and on Colab."""
+    cfg = write_config(tmp_path / "c.toml")
+    cfg.write_text(cfg.read_text().replace('feature_extractor = "lthdiff-digits"', 'feature_extractor = "auto"')
+                   + f'[data]\nname = "{dataset}"\nimage_size = {size}\n')
+    assert load_spec(cfg).settings["extractor"] == want
