@@ -160,3 +160,15 @@ def test_mask_overlap_of_the_arms_from_recorded_masks(tmp_path):
     assert "## Do the arms find the same weights?" in RS.overlap_markdown(rows)
 
 
+
+
+def test_the_moved_recorded_study_aggregates_to_its_committed_page():
+    """The repository's study, moved into the package, rebuilds its Markdown byte for byte from the records."""
+    from lthdiff.study import RECORDED
+
+    d = RECORDED / "quality_digits_converged"
+    agg = A.aggregate_records(d)
+    assert RS.markdown(d.name, agg) == (d / f"{d.name}.md").read_text()
+    committed = json.loads((d / f"{d.name}.json").read_text())
+    assert committed["matching"] == json.loads(json.dumps(agg["matching"]))
+    assert committed["table"] == json.loads(json.dumps(agg["table"]))
