@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="the same experiment with other seeds: the verdict averages over all runs (error bars)")
     p.add_argument("--registry", default=None)
 
+    p = sub.add_parser("export", help="export a saved model folder to ONNX (ONNX Runtime serving)")
+    p.add_argument("model", help="a saved model folder (save_pretrained)")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
+    p.add_argument("--check", type=int, default=4, metavar="N",
+                   help="compare ONNX Runtime with torch on N random inputs (0: skip)")
+
     p = sub.add_parser("study", help="the recorded multi-seed study: run, status, aggregate (lthdiff.study)")
     ss = p.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
     q = ss.add_parser("run", help="train, score and record the study's networks; resumes from the records")
@@ -179,6 +185,24 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "study":
         return _study(args)
+    if args.command == "export":
+        from lthdiff.models.export import OnnxUNet, export_onnx
+        from lthdiff.models.unets import load_model
+
+        model = load_model(args.model)
+        out = export_onnx(model, args.onnx)
+        if args.check:
+            import torch
+
+            cfg = model.config
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(args.check, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
+            t = torch.randint(0, 1000, (args.check,), generator=g)
+            with torch.no_grad():
+                diff = (OnnxUNet(out, cfg)(x, t).sample - model.eval()(x, t).sample).abs().max().item()
+            print(f"ONNX Runtime vs torch on {args.check} random inputs: max |difference| {diff:.2e}")
+        print(f"wrote {out}")
+        return 0
     if args.command == "run":
         from .config import load_config, quickstart
         from .pipeline import run_pipeline
