@@ -64,7 +64,8 @@ class OnnxUNet(nn.Module):
         opts = ort.SessionOptions()
         if threads is not None:
             opts.intra_op_num_threads = opts.inter_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.path = str(path)
+        self.session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
         self.config = config
         self._device = nn.Parameter(torch.zeros(1), requires_grad=False)  # where sample() draws noise: the CPU
 
