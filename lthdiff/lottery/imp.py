@@ -33,7 +33,7 @@ from .controls import CONTROLS, RoundContext
 from lthdiff.store.io import tensors_digest
 from lthdiff.models.unets import load_model, save_model, with_state
 from .network import Job, on_main, train_network
-from .runs import IMPResult, RegistryLog, RoundInfo, check_or_write_config, copy_network
+from .runs import IMPResult, RegistryLog, RoundInfo, check_or_write_config, copy_network, network_dir
 from lthdiff.runtime import progress_bar
 from lthdiff.training.tasks import resolve_task
 
@@ -202,7 +202,7 @@ def run_imp(
 
     bar = progress_bar(total=rounds + 1, desc="IMP rounds", disable=not progress)
     for r in range(rounds + 1):
-        rdir = run_dir / f"round_{r:02d}"
+        rdir = network_dir(run_dir, r)
         if (rdir / "summary.json").exists() and _controls_done(rdir, r, controls):
             bar.update(1)
             continue
@@ -230,7 +230,7 @@ def run_imp(
                                run_dir=run_dir, rewind_dir=rewind_dir, rewind_step=rewind_step, prune=prune,
                                include=include, exclude=exclude)
             for name in controls:
-                cdir = rdir / "controls" / name
+                cdir = network_dir(run_dir, r, name)
                 if (cdir / "summary.json").exists():
                     continue
                 plan = CONTROLS[name].start_and_mask(ctx)
@@ -264,6 +264,6 @@ def _describe(allocation: Any) -> Any:
 
 
 def _controls_done(rdir: Path, r: int, controls: Sequence[str]) -> bool:
-    return r == 0 or all((rdir / "controls" / c / "summary.json").exists() for c in controls)
+    return r == 0 or all((network_dir(rdir.parent, r, c) / "summary.json").exists() for c in controls)
 
 

@@ -9,6 +9,9 @@ Layout of an IMP run (written by :func:`lthdiff.lottery.imp.run_imp`, the pipeli
                                    metrics.json (FID/KID, written by the pipeline), samples.png
     run_dir/round_XX/controls/NAME/   a control trained at the round's sparsity, same files
     run_dir/branches/branch_NN/    rounds moved aside by rollback
+    run_dir/<chain>/round_XX/      a network of another chain of the same seed (a study's late / continue arms)
+    run_dir/round_00_<name>/       a snapshot of round 0 on the way (half: T/2, theta_k: K) or a network built on
+                                   it (continued to 1.5 T, half_retrained)
     run_dir/efficiency.json, pipeline.json, report.html
 
 Vocabulary: a *round* is one prune-rewind-retrain step (round 0 trains the dense model); a
@@ -33,12 +36,24 @@ from lthdiff.store.io import read_json, write_json
 from lthdiff.models.unets import load_model, save_model
 from lthdiff.runtime import process_state
 
-__all__ = ["RoundInfo", "IMPResult", "MUTABLE_ARGS", "final_loss", "run_tag", "read_losses", "read_metrics", "write_metrics",
+__all__ = ["network_dir", "snapshot_dir", "RoundInfo", "IMPResult", "MUTABLE_ARGS", "final_loss", "run_tag", "read_losses", "read_metrics", "write_metrics",
            "write_round", "copy_network", "check_or_write_config", "rollback", "RegistryLog"]
 
 # Arguments that may change between calls on the same run_dir: extending a run (more rounds, or
 # a control added later, e.g. by notebook 04) is natural; completed networks are never retrained.
 MUTABLE_ARGS = {"rounds", "controls"}
+
+
+def network_dir(run_dir: str | Path, round: int, variant: str = "ticket", chain: str = "ticket") -> Path:
+    """The folder of one network: ``round_XX/`` (a ticket), ``round_XX/controls/NAME/`` (a control of it), or
+    ``<chain>/round_XX/`` (a network of another chain: ``late``, ``continue``)."""
+    base = Path(run_dir) / (f"round_{round:02d}" if chain == "ticket" else f"{chain}/round_{round:02d}")
+    return base if variant in ("ticket", chain) else base / "controls" / variant
+
+
+def snapshot_dir(run_dir: str | Path, name: str) -> Path:
+    """``round_00_<name>/``: a snapshot of the dense round on the way, or a network derived from it."""
+    return Path(run_dir) / f"round_00_{name}"
 
 
 def final_loss(losses: Sequence[float]) -> float:

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from lthdiff import masks as M
 from lthdiff.config import ConfigError
 from lthdiff.lottery.network import Job
+from lthdiff.lottery.runs import network_dir, snapshot_dir
 from . import records as R
 
 __all__ = ["LATE_FRACTION", "Arm", "Dense", "DenseHalf", "DenseContinued", "Ticket", "Late", "Continue", "Control",
@@ -126,9 +127,9 @@ class Dense(Arm):
 
     def job(self, ctx: Any, r: int) -> Job:
         t = ctx.settings["steps"]
-        return Job(ctx.theta0, M.ones(ctx.theta0), t, ctx.run_dir / "round_00", 0, desc=f"seed {ctx.seed} dense",
-                   snapshots={t // 2: ctx.run_dir / "round_00_half", late_rewind_step(ctx.settings):
-                              ctx.run_dir / "round_00_theta_k"}, keep_checkpoint=True, extra={"target_sparsity": 0.0})
+        return Job(ctx.theta0, M.ones(ctx.theta0), t, network_dir(ctx.run_dir, 0), 0, desc=f"seed {ctx.seed} dense",
+                   snapshots={t // 2: snapshot_dir(ctx.run_dir, "half"), late_rewind_step(ctx.settings):
+                              snapshot_dir(ctx.run_dir, "theta_k")}, keep_checkpoint=True, extra={"target_sparsity": 0.0})
 
     def after(self, ctx: Any, r: int, info: Any) -> dict[str, Any]:
         from lthdiff.models.unets import load_model
@@ -137,7 +138,7 @@ class Dense(Arm):
         w = ctx.record_dir / "weights_r00.safetensors"
         if not w.exists():  # the prune-and-continue chain starts from the trained weights
             R.save_kept_weights(w, info.load_model(ema=False).state_dict(), mask)
-        k = ctx.run_dir / "round_00_theta_k"
+        k = snapshot_dir(ctx.run_dir, "theta_k")
         if k.exists() and not (ctx.record_dir / "weights_theta_k.safetensors").exists():
             R.save_kept_weights(ctx.record_dir / "weights_theta_k.safetensors", load_model(k).state_dict(), {})
         return self._next_mask(ctx, 0, info, mask)
@@ -162,9 +163,9 @@ class DenseHalf(Arm):
         from lthdiff.lottery.runs import read_losses
         from lthdiff.models.unets import load_model
 
-        half, snap = ctx.settings["steps"] // 2, ctx.run_dir / "round_00_half"
-        if snap.exists() and (ctx.run_dir / "round_00" / "summary.json").exists():
-            return load_model(snapshot_ema_dir(snap)), read_losses(ctx.run_dir / "round_00")[:half], half
+        half, snap = ctx.settings["steps"] // 2, snapshot_dir(ctx.run_dir, "half")
+        if snap.exists() and (network_dir(ctx.run_dir, 0) / "summary.json").exists():
+            return load_model(snapshot_ema_dir(snap)), read_losses(network_dir(ctx.run_dir, 0))[:half], half
         kept = ctx.run_dir / "round00_ckpt_kept" / f"ckpt-{half:07d}.pt"  # run folders of the 2026-12 benchmark
         if kept.exists():
             import torch
@@ -173,7 +174,7 @@ class DenseHalf(Arm):
 
             state = torch.load(kept, map_location="cpu", weights_only=False)
             return ema_from_checkpoint(ctx.theta0, state), list(state["losses"]), int(state["step"])
-        return Job(ctx.theta0, M.ones(ctx.theta0), half, ctx.run_dir / "round_00_half_retrained", 0,
+        return Job(ctx.theta0, M.ones(ctx.theta0), half, snapshot_dir(ctx.run_dir, "half_retrained"), 0,
                    variant=self.variant, desc=f"seed {ctx.seed} dense to T/2")
 
 
@@ -193,9 +194,9 @@ class DenseContinued(Arm):
         return [(0, "ticket")]
 
     def job(self, ctx: Any, r: int) -> Job:
-        dense = ctx.run_dir / "round_00"
+        dense = network_dir(ctx.run_dir, 0)
         cont = dense if (dense / "ckpt" / "latest.json").exists() else None
-        return Job(ctx.theta0, M.ones(ctx.theta0), ctx.settings["steps"] * 3 // 2, ctx.run_dir / "round_00_continued",
+        return Job(ctx.theta0, M.ones(ctx.theta0), ctx.settings["steps"] * 3 // 2, snapshot_dir(ctx.run_dir, "continued"),
                    0, variant=self.variant, desc=f"seed {ctx.seed} dense continued to 1.5 T", continues=cont)
 
 
@@ -205,7 +206,7 @@ class Ticket(Arm):
     variant = "ticket"
 
     def job(self, ctx: Any, r: int) -> Job:
-        return Job(ctx.theta0, ctx.mask(self.chain, r), ctx.settings["steps"], ctx.run_dir / f"round_{r:02d}", r,
+        return Job(ctx.theta0, ctx.mask(self.chain, r), ctx.settings["steps"], network_dir(ctx.run_dir, r), r,
                    desc=f"seed {ctx.seed} round {r} ticket")
 
     def after(self, ctx: Any, r: int, info: Any) -> dict[str, Any]:
@@ -232,7 +233,7 @@ class Late(Arm):
             warnings.warn(f"seed {ctx.seed}: theta_K here (digest {digest[:12]}) differs from the recorded late "
                           f"networks' ({', '.join(sorted(d[:12] for d in before))}); the record keeps both digests",
                           stacklevel=2)
-        return Job(start, ctx.mask(self.chain, r), ctx.settings["steps"] - k, ctx.run_dir / "late" / f"round_{r:02d}",
+        return Job(start, ctx.mask(self.chain, r), ctx.settings["steps"] - k, network_dir(ctx.run_dir, r, "late", "late"),
                    r, variant=self.variant, desc=f"seed {ctx.seed} round {r} late",
                    extra={"rewind_step": k, "theta_k_digest": digest})
 
@@ -255,7 +256,7 @@ class Continue(Arm):
         prev_mask = ctx.mask(self.chain, r - 1) if r > 1 else M.ones(ctx.theta0)
         start = copy.deepcopy(ctx.theta0)
         start.load_state_dict(R.load_kept_weights(ctx.record_dir / self._prev(r), ctx.theta0.state_dict(), prev_mask))
-        return Job(start, ctx.mask(self.chain, r), ctx.settings["steps"], ctx.run_dir / "continue" / f"round_{r:02d}",
+        return Job(start, ctx.mask(self.chain, r), ctx.settings["steps"], network_dir(ctx.run_dir, r, "continue", "continue"),
                    r, variant=self.variant, desc=f"seed {ctx.seed} round {r} continue")
 
     def after(self, ctx: Any, r: int, info: Any) -> dict[str, Any]:
@@ -285,7 +286,7 @@ class Control(Arm):
         rc = RoundContext(round=r, target=M.sparsity(mask), mask=mask, trained=ctx.theta0, template=ctx.theta0,
                           seed=ctx.seed, run_dir=ctx.run_dir, rewind_dir=ctx.run_dir, rewind_step=None)
         start, cmask = CONTROLS[self.variant].start_and_mask(rc)
-        return Job(start, cmask, ctx.settings["steps"], ctx.run_dir / f"round_{r:02d}" / "controls" / self.variant, r,
+        return Job(start, cmask, ctx.settings["steps"], network_dir(ctx.run_dir, r, self.variant), r,
                    variant=self.variant, desc=f"seed {ctx.seed} round {r} {self.variant}")
 
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from lthdiff import masks as M
 from lthdiff.config import Config, build_dataset, build_model
 from . import records as R
-from lthdiff.lottery.runs import final_loss
+from lthdiff.lottery.runs import final_loss, snapshot_dir
 from .arms import late_rewind_step, mask_dir, mask_name, variant_class
 
 __all__ = ["SeedContext", "score", "run_network", "loss_means"]
@@ -60,7 +60,7 @@ class SeedContext:
         path = self.record_dir / "weights_theta_k.safetensors"
         if not path.exists():
             k = late_rewind_step(self.settings)
-            info = train_network(Job(self.theta0, M.ones(self.theta0), k, self.run_dir / "late" / "theta_k", 0,
+            info = train_network(Job(self.theta0, M.ones(self.theta0), k, snapshot_dir(self.run_dir, "theta_k_retrained"), 0,
                                      variant="theta_k", desc=f"seed {self.seed} theta_K"), self.ds,
                                  loss_at_init=False, progress=False, **self.train_kw)
             R.save_kept_weights(path, info.load_model(ema=False).state_dict(), {})
