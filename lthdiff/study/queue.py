@@ -148,6 +148,10 @@ def run_local(spec: StudySpec, argv: Sequence[str], jobs: int = 1, **kw: Any) ->
     return sum(len(R.read_networks(spec.seed_dirs(s)[0])) for s in spec.seeds if spec.seed_dirs(s)[0].is_dir())
 
 
+def _most(values: list[Any]) -> Any:
+    return max(set(values), key=values.count) if values else None
+
+
 def status(study_dir: str | Path, run_root: str | Path | None = None) -> list[dict[str, Any]]:
     """Per seed of a records folder: networks recorded, running (a live lock in ``run_root``) and left, the
     measured seconds a network (median of the trained ones), an estimate of the time left on one worker, and
@@ -163,10 +167,11 @@ def status(study_dir: str | Path, run_root: str | Path | None = None) -> list[di
         secs = [x["wall_seconds_this_piece"] for x in rows if isinstance(x.get("wall_seconds_this_piece"), (int, float))
                 and x.get("train_seconds") == x.get("train_seconds")]  # NaN train time: a snapshot, not trained
         per = statistics.median(secs) if secs else None
-        where = [(x.get("device"), x.get("cpu"), x.get("threads")) for x in rows]
-        common = max(set(where), key=where.count) if where else None
+        common = {k: _most([x.get(k) for x in rows if x.get(k) is not None]) for k in ("device", "cpu", "threads")}
+        # rows written before the CPU model was recorded say nothing about it, so they never count as elsewhere
         odd = [f"r{x['round']:02d}_{x['variant']} ({x.get('device')}, {x.get('cpu', 'cpu model not recorded')}, "
-               f"{x.get('threads')} threads)" for x, w in zip(rows, where) if w != common]
+               f"{x.get('threads')} threads)" for x in rows
+               if any(x.get(k) is not None and common[k] is not None and x.get(k) != common[k] for k in common)]
         run_dir = Path(run_root) / d.name if run_root else None
         out.append({"seed": st["seed"], "recorded": len(rows), "left": len(todo), "next": todo[:3],
                     "running": held(run_dir) if run_dir else [], "seconds_per_network": per,

@@ -132,3 +132,20 @@ def test_a_worker_starts_the_seed_with_the_most_networks_left(tmp_path, study_cl
     assert names(5) == ["r00_ticket.json"] and names(6) == ["r00_ticket.json"]
     assert study_cli("run", cfg, *base, "--seeds", 6, 5) == 0  # a tie: the seeds' order decides
     assert len(names(6)) == 2 and len(names(5)) == 1
+
+
+def test_status_counts_and_names_networks_trained_elsewhere(tmp_path):
+    d = tmp_path / "seed_0"
+    R.write_settings(d, {**SETTINGS, "seed": 0, "init_digest": "x"})
+    base = {"seed": 0, "sparsity": 0.0, "fid": 1.0, "device": "cpu (x86_64)", "threads": 1, "train_seconds": 10.0,
+            "wall_seconds_this_piece": 100.0}
+    R.write_network(d, {**base, "round": 0, "variant": "ticket", "cpu": "A"})
+    R.write_network(d, {**base, "round": 0, "variant": "dense_half", "cpu": "A", "wall_seconds_this_piece": 300.0})
+    R.write_network(d, {**base, "round": 0, "variant": "dense_continued"})  # written before the CPU was recorded
+    R.write_network(d, {**base, "round": 1, "variant": "ticket", "cpu": "B", "threads": 1})
+    R.write_network(d, {**base, "round": 1, "variant": "random_reinit", "cpu": "A", "threads": 2})
+    (s,) = Q.status(tmp_path)
+    assert (s["recorded"], s["left"]) == (5, len(plan(SETTINGS)) - 5)
+    assert s["seconds_per_network"] == 100.0  # the median of 100, 300, 100, 100, 100
+    assert s["hours_left_one_worker"] == pytest.approx(100.0 * s["left"] / 3600)
+    assert sorted(o.split(" ")[0] for o in s["other_machine"]) == ["r01_random_reinit", "r01_ticket"]
