@@ -87,6 +87,8 @@ class StudyConfig:
     rounds_only: list = field(default_factory=list)  # train only these pruned rounds (all when empty)
     control_rounds: list = field(default_factory=list)  # the controls only at these rounds (all when empty)
     masks_from: str = ""  # a recorded study (same seeds) whose ticket masks this one retrains, e.g. longer
+    structured_reductions: list = field(default_factory=lambda: [0.5, 0.75])  # fractions of MACs removed (arm "structured")
+    structured_importances: list = field(default_factory=lambda: ["magnitude", "taylor"])  # lthdiff.pruners.channels
     threads: int = 1  # torch threads a network
     num_cpus: float = 1.0  # Ray resources a network
     num_gpus: float = 0.0

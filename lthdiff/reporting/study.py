@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from lthdiff.study.arms import LATE_FRACTION, late_rewind_step
 from .tables import markdown_table
 
-__all__ = ["markdown", "study_summary", "update_readme", "overlap_markdown"]
+__all__ = ["markdown", "study_summary", "update_readme", "overlap_markdown", "structured_markdown"]
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -68,7 +68,7 @@ def markdown(name: str, agg: dict[str, Any]) -> str:
             "ticket, the fresh init * m for random reinit, the previous network's trained weights * m for prune and "
             "continue, theta_K * m for late rewinding) on one fixed batch of 256 training images, noise and "
             "timesteps, before any training (predicting zero noise scores about 1).\n\n" + markdown_table(init_rows)
-            + overlap_markdown(agg.get("mask_overlap") or []))
+            + overlap_markdown(agg.get("mask_overlap") or []) + structured_markdown(agg.get("structured") or []))
 
 
 def overlap_markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -80,6 +80,23 @@ def overlap_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return ("\n## Do the arms find the same weights?\n\nJaccard overlap of the masks two arms train at the same "
             "round (round 1 is shared: dense round 0 pruned once), against two independent random masks of the same "
             "densities.\n\n" + markdown_table(table))
+
+
+def structured_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The structured arms' table (:func:`lthdiff.study.aggregate.structured_table`), or nothing."""
+    if not rows:
+        return ""
+    table = [{"MACs removed": f"{r['reduction']:.0%}", "importance": r["importance"], "arm": r["kind"], "seeds": r["seeds"],
+              "MACs / dense": _fmt(r["macs_ratio"]), "FID": f"{_fmt(r['fid_mean'])} ± {_fmt(r['fid_std'], 2)}",
+              "FID / dense": _fmt(r["ratio_to_dense_mean"]), "matches dense": "yes" if r["matches_dense"] else "no",
+              "ticket wins vs scratch / fine-tune": (f"{r['wins_vs_scratch'][0]}/{r['wins_vs_scratch'][1]}, "
+                                                     f"{r['wins_vs_finetune'][0]}/{r['wins_vs_finetune'][1]}")
+              if r["kind"] == "ticket" else ""} for r in rows]
+    return ("\n## Structured tickets\n\nThe dense network's channels pruned once (per-level ratios for the MAC "
+            "reduction), three networks of the small architecture, each trained T steps: the structured ticket "
+            "(theta_0 at the kept channels), scratch (a fresh init; Liu et al. 2019) and fine-tune (the pruned trained "
+            "weights; Diff-Pruning, Fang et al. 2023). Matches dense: mean FID within dense mean + 1 std.\n\n"
+            + markdown_table(table))
 
 
 def _arm_names(settings: dict[str, Any]) -> dict[str, str]:

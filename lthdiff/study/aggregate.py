@@ -20,7 +20,7 @@ from .arms import ARMS, mask_name, plan
 from .spec import RECORDED
 
 __all__ = ["loss_plateau", "converged", "aggregate_records", "mask_overlap", "recorded_study", "to_registry",
-           "longer_training"]
+           "longer_training", "structured_table"]
 
 CHAINS = ("continue", "late")  # the arms beside the ticket's IMP chain, one network per pruned round
 
@@ -105,7 +105,8 @@ def aggregate_records(study_dir: str | Path) -> dict[str, Any]:
     expected = {st["seed"]: len(plan(st)) for st in settings}
     progress = {st["seed"]: sum(1 for x in R.read_networks(d) if x["variant"] not in CHAINS)
                 for d, st in zip(dirs, settings)}
-    return {"settings": common, "seeds": [st["seed"] for d, st in zip(dirs, settings) if R.read_networks(d)],
+    extra = {"structured": structured_table(rows)} if any(x["variant"].startswith("structured_") for x in rows) else {}
+    return {**extra, "settings": common, "seeds": [st["seed"] for d, st in zip(dirs, settings) if R.read_networks(d)],
             "rows": rows, **s, "convergence": conv, "convergence_overall": overall,
             "loss_at_init": init_rows, "kid_test_table": test, "mask_overlap": mask_overlap(study_dir),
             "networks_recorded": progress,
@@ -230,3 +231,38 @@ def longer_training(base_dir: str | Path, long_dir: str | Path) -> dict[str, Any
     dense = [{"seed": s, "fid_T": dense_t.get(s), "fid_L": dense_l[s]} for s in sorted(dense_l)]
     return {"steps_T": t_base, "steps_L": int(settings["steps"]), "rows": rows, "by_sparsity": summary,
             "dense": dense, "matching_L": match, "matching_T": base["matching"]}
+
+
+def structured_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The structured arms (:class:`lthdiff.study.arms.Structured`) per MAC reduction, importance and kind: FID mean
+    +- std over seeds, FID / dense per seed (the seed's own dense network), whether the mean stays within dense mean
+    + 1 std (matches), the seeds the structured ticket wins against scratch and against fine-tune, and the MACs and
+    parameters of the small architecture."""
+    from .arms import STRUCTURED_KINDS, variant_class
+
+    dense = {x["seed"]: x["fid"] for x in rows if x["round"] == 0 and x["variant"] == "ticket"}
+    bound = (statistics.mean(dense.values()) + (statistics.stdev(dense.values()) if len(dense) > 1 else 0.0)) \
+        if dense else None
+    groups: dict[tuple[float, str, str], dict[int, dict[str, Any]]] = {}
+    for x in rows:
+        if x["round"] == 0 and x["variant"].startswith("structured_"):
+            arm = variant_class(x["variant"], 0)
+            groups.setdefault((arm.reduction, arm.importance, arm.kind), {})[x["seed"]] = x
+    out = []
+    for (red, imp, kind), by_seed in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                                             STRUCTURED_KINDS.index(kv[0][2]))):
+        fids = [x["fid"] for x in by_seed.values()]
+        ratios = {s: x["fid"] / dense[s] for s, x in by_seed.items() if s in dense}
+        row = {"reduction": red, "importance": imp, "kind": kind, "seeds": len(fids), "fid_mean": statistics.mean(fids),
+               "fid_std": statistics.stdev(fids) if len(fids) > 1 else 0.0, "ratio_to_dense_per_seed": ratios,
+               "ratio_to_dense_mean": statistics.mean(ratios.values()) if ratios else None,
+               "matches_dense": bound is not None and statistics.mean(fids) <= bound,
+               "macs_ratio": next(iter(by_seed.values())).get("macs_ratio")}
+        if kind == "ticket":
+            for other in ("scratch", "finetune"):
+                o = groups.get((red, imp, other), {})
+                common = [s for s in by_seed if s in o]
+                row[f"wins_vs_{other}"] = (sum(by_seed[s]["fid"] < o[s]["fid"] for s in common), len(common))
+        out.append(row)
+    return out
+

@@ -13,7 +13,12 @@ trains it (start weights, mask, steps, run folder), and what it records for the 
 * ``late`` - IMP rewinding to theta_K, K = T / 20 (Frankle et al. 2019, "Stabilizing the Lottery Ticket
   Hypothesis", Sec. 3: 0.1-7 % of training), each network trained T - K steps; theta_K is recorded;
 * ``continue`` - prune and keep training the trained weights, what the released code of Jiang et al. 2023
-  (arXiv 2310.18823) does; the chain carries its trained weights in the records.
+  (arXiv 2310.18823) does; the chain carries its trained weights in the records;
+* ``structured`` - channel pruning of the recorded dense network to ``[study] structured_reductions`` fewer MACs
+  with each of ``structured_importances`` (:func:`lthdiff.pruners.channels.ticket`), three networks of the same
+  small architecture each: the structured ticket (theta_0 at the kept channels), scratch (a fresh init; Liu et al.
+  2019, "Rethinking the value of network pruning") and fine-tune (the pruned trained weights; Fang et al. 2023,
+  Diff-Pruning), every one trained T steps.  Variants are named ``structured_<kind>_<percent>_<importance>``.
 
 To add an arm: one class here, listed in :data:`ARMS`; the plan, the queue, the aggregate follow.
 """
@@ -31,6 +36,7 @@ from lthdiff.lottery.runs import network_dir, snapshot_dir
 from . import records as R
 
 __all__ = ["LATE_FRACTION", "Arm", "Dense", "DenseHalf", "DenseContinued", "Ticket", "Late", "Continue", "Control",
+           "Structured", "STRUCTURED_KINDS", "structured_arms",
            "ARMS", "STUDY_CONTROLS", "mask_dir", "check_arms", "variant_class", "plan", "mask_name", "late_rewind_step"]
 
 LATE_FRACTION = 20  # K = T // 20: 5 % of training, inside Frankle et al. 2019's 0.1-7 %
@@ -290,9 +296,61 @@ class Control(Arm):
                    variant=self.variant, desc=f"seed {ctx.seed} round {r} {self.variant}")
 
 
+STRUCTURED_KINDS = ("ticket", "scratch", "finetune")
+
+
+class Structured(Arm):
+    """One network of a structured ticket study: ``kind`` (ticket, scratch, finetune) of the recorded dense network
+    pruned to ``reduction`` fewer MACs with ``importance`` (per-level ratios, :func:`ratio_for_macs`)."""
+
+    chain = "structured"
+
+    def __init__(self, kind: str, reduction: float, importance: str) -> None:
+        if kind not in STRUCTURED_KINDS:
+            raise ValueError(f"unknown structured kind {kind!r}; accepted: {', '.join(STRUCTURED_KINDS)}")
+        self.kind, self.reduction, self.importance = kind, float(reduction), importance
+        self.variant = f"structured_{kind}_{round(100 * self.reduction)}_{importance}"
+
+    def rounds(self, settings: dict[str, Any]) -> list[int]:
+        return [0]
+
+    def ready(self, settings: dict[str, Any], rec: Path, r: int) -> bool:
+        return (rec / "weights_r00.safetensors").exists()
+
+    def deps(self, settings: dict[str, Any], r: int) -> list[tuple[int, str]]:
+        return [(0, "ticket")]
+
+    def job(self, ctx: Any, r: int) -> Job:
+        from lthdiff.pruners.channels import config_macs, ratio_for_macs, ticket
+
+        dense = copy.deepcopy(ctx.theta0)  # the recorded trained dense weights (raw), not retrained here
+        dense.load_state_dict(R.load_kept_weights(ctx.record_dir / "weights_r00.safetensors",
+                                                  ctx.theta0.state_dict(), M.ones(ctx.theta0)))
+        ratio = ratio_for_macs(dense, self.reduction, per_level=True)
+        arms = ticket(dense, ctx.theta0, ratio, importance=self.importance, data=ctx.ds, seed=ctx.seed, progress=False)
+        start = getattr(arms, self.kind)
+        return Job(start, M.ones(start), ctx.settings["steps"], network_dir(ctx.run_dir, 0, self.variant, self.chain), 0,
+                   variant=self.variant, desc=f"seed {ctx.seed} {self.variant}",
+                   extra={"macs_ratio": config_macs(start) / config_macs(ctx.theta0),
+                          "block_out_channels": list(start.config.block_out_channels),
+                          "params": sum(p.numel() for p in start.parameters())})
+
+
+def structured_arms(reductions: Sequence[float], importances: Sequence[str]) -> list[Structured]:
+    """The structured networks of a study: every reduction x importance x kind."""
+    return [Structured(k, red, imp) for red in reductions for imp in importances for k in STRUCTURED_KINDS]
+
+
+def _parse_structured(variant: str) -> Structured | None:
+    parts = variant.split("_")
+    if len(parts) >= 4 and parts[0] == "structured" and parts[1] in STRUCTURED_KINDS and parts[2].isdigit():
+        return Structured(parts[1], int(parts[2]) / 100, "_".join(parts[3:]))
+    return None
+
+
 # [study] arms name -> the variants it brings, in the order a seed trains them
 ARMS: dict[str, tuple[Arm, ...]] = {"ticket": (Dense(), DenseHalf(), DenseContinued(), Ticket()),
-                                    "continue": (Continue(),), "late": (Late(),)}
+                                    "continue": (Continue(),), "late": (Late(),), "structured": ()}
 
 
 def check_arms(arms: Sequence[str], controls: Sequence[str]) -> None:
@@ -312,6 +370,8 @@ def variant_class(variant: str, r: int) -> Arm:
     """The arm class of network ``(r, variant)``."""
     if variant in STUDY_CONTROLS and r > 0:
         return Control(variant)
+    if r == 0 and _parse_structured(variant) is not None:
+        return _parse_structured(variant)
     found = [a for group in ARMS.values() for a in group if a.variant == variant and (0 in a.rounds(_ANY)) == (r == 0)]
     if not found:
         raise ValueError(f"unknown network (round {r}, {variant!r}); accepted variants: "
@@ -323,12 +383,13 @@ def variant_class(variant: str, r: int) -> Arm:
 _ANY = {"schedule": [0.5]}  # a one-round study: round 0 arms answer [0], the others [1]
 
 
-def plan(settings: dict[str, Any], arms: Sequence[str] = ("ticket",)) -> list[tuple[int, str]]:
+def plan(settings: dict[str, Any], arms: Sequence[str] = ("ticket",),
+         structured: Sequence[Structured] = ()) -> list[tuple[int, str]]:
     """The networks of one seed, in the order they are trained: ``(round, variant)``; the ticket arm's pruned
-    rounds each followed by their controls."""
+    rounds each followed by their controls; ``structured`` (:func:`structured_arms`) with the structured arm."""
     out: list[tuple[int, str]] = []
     for name in arms:
-        for arm in ARMS[name]:
+        for arm in (tuple(structured) if name == "structured" else ARMS[name]):
             for r in arm.rounds(settings):
                 out.append((r, arm.variant))
                 if isinstance(arm, Ticket):

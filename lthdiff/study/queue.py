@@ -31,7 +31,7 @@ def _done(seed_dir: Path) -> set[tuple[int, str]]:
 def left(spec: StudySpec, seed: int) -> list[tuple[int, str]]:
     """The networks of ``seed`` not recorded yet, in plan order."""
     done = _done(spec.seed_dirs(seed)[0])
-    return [n for n in plan(spec.settings, spec.arms) if n not in done]
+    return [n for n in plan(spec.settings, spec.arms, spec.structured) if n not in done]
 
 
 def _live(pid: str) -> bool:

@@ -85,6 +85,14 @@ class StudySpec:
         return list(self.config.study.arms)
 
     @property
+    def structured(self) -> list[Any]:
+        """The structured networks (arm ``structured``): every reduction x importance x kind."""
+        from .arms import structured_arms
+
+        st = self.config.study
+        return structured_arms(st.structured_reductions, st.structured_importances) if "structured" in st.arms else []
+
+    @property
     def dir(self) -> Path:
         """The study's records: ``<records>/<name>/``."""
         return self.records / self.name
@@ -104,10 +112,25 @@ def load_spec(config: str | Path | Config, *, records: str | Path | None = None,
     if seeds:
         cfg.study.seeds = list(seeds)
     check_arms(cfg.study.arms, cfg.imp.controls)
+    _check_structured(cfg)
     rec = Path(records or cfg.study.records or Path.cwd() / "studies")
     root = run_root or cfg.study.run_root or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
         "lthdiff" / cfg.study.name
     return StudySpec(cfg, settings(cfg), rec, Path(root))
+
+
+def _check_structured(cfg: Config) -> None:
+    from lthdiff.pruners.channels.importance import IMPORTANCES
+
+    st = cfg.study
+    bad = [r for r in st.structured_reductions if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1]
+    if bad or ("structured" in st.arms and not st.structured_reductions):
+        raise ConfigError(f"[study] structured_reductions = {st.structured_reductions!r} is not accepted; accepted: "
+                          "fractions of MACs removed in (0, 1), at least one")
+    bad = [i for i in st.structured_importances if i not in IMPORTANCES]
+    if bad or ("structured" in st.arms and not st.structured_importances):
+        raise ConfigError(f"[study] structured_importances has {bad[0] if bad else 'nothing'!r}; accepted: "
+                          f"{', '.join(IMPORTANCES)}")
 
 
 def prepare_records(spec: StudySpec) -> Path:

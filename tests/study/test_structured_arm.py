@@ -1,0 +1,55 @@
+"""The structured arm: from the recorded dense weights alone, its ticket / scratch / fine-tune start where their
+definitions say, train through the engine, and aggregate by hand."""
+import json
+
+import pytest
+import torch
+
+from lthdiff import masks as M
+from lthdiff.data import load_dataset
+from lthdiff.models import unet
+from lthdiff.pruners.channels import config_macs, ratio_for_macs, ticket
+from lthdiff.study import aggregate as A
+from lthdiff.study import load_spec, records as R
+from lthdiff.study.arms import variant_class
+from lthdiff.study.engine import SeedContext
+
+from tiny_study import write_config
+
+
+def _same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.slow
+def test_structured_arms_start_where_their_definitions_say_and_aggregate(tmp_path, study_cli):
+    cfg = write_config(tmp_path / "c.toml", seeds=(1,), controls=(), arms=("ticket", "structured"),
+                       structured_reductions=[0.5], structured_importances=["magnitude"])
+    assert study_cli("run", cfg, "--records", tmp_path / "rec", "--run-root", tmp_path / "runs") == 0
+    rec = tmp_path / "rec" / "s" / "seed_1"
+    names = sorted(p.name for p in rec.glob("r00_structured_*.json"))
+    assert names == [f"r00_structured_{k}_50_magnitude.json" for k in ("finetune", "scratch", "ticket")]
+    # independently: the recorded dense weights, pruned by the library's channel pruner
+    theta0 = unet("tiny", seed=1)
+    dense = unet("tiny", seed=1)
+    dense.load_state_dict(R.load_kept_weights(rec / "weights_r00.safetensors", theta0.state_dict(), M.ones(theta0)))
+    arms = ticket(dense, theta0, ratio_for_macs(dense, 0.5, per_level=True), importance="magnitude",
+                  data=load_dataset("digits", image_size=16), seed=1, progress=False)
+    spec = load_spec(cfg, records=tmp_path / "rec", run_root=tmp_path / "fresh")
+    ctx = SeedContext(spec.config, spec.settings, 1, rec, tmp_path / "fresh" / "seed_1")
+    for kind in ("ticket", "scratch", "finetune"):
+        job = variant_class(f"structured_{kind}_50_magnitude", 0).job(ctx, 0)
+        assert _same(job.start, getattr(arms, kind)), kind
+        row = json.loads((rec / f"r00_structured_{kind}_50_magnitude.json").read_text())
+        assert row["macs_ratio"] == pytest.approx(config_macs(job.start) / config_macs(theta0)) and row["macs_ratio"] <= 0.52
+        assert row["steps"] == 20 and row["sparsity"] == 0.0
+    assert not _same(arms.ticket, arms.scratch) and not _same(arms.ticket, arms.finetune)
+    agg = A.aggregate_records(tmp_path / "rec" / "s")
+    rows = {r["kind"]: r for r in agg["structured"]}
+    fid = {k: json.loads((rec / f"r00_structured_{k}_50_magnitude.json").read_text())["fid"] for k in rows}
+    dense_fid = json.loads((rec / "r00_ticket.json").read_text())["fid"]
+    assert rows["ticket"]["ratio_to_dense_mean"] == pytest.approx(fid["ticket"] / dense_fid)
+    assert rows["ticket"]["wins_vs_scratch"] == (int(fid["ticket"] < fid["scratch"]), 1)
+    assert rows["ticket"]["wins_vs_finetune"] == (int(fid["ticket"] < fid["finetune"]), 1)
+    assert rows["scratch"]["matches_dense"] == (fid["scratch"] <= dense_fid)
