@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-__all__ = ["ConfigError", "Config", "StudyConfig", "load_config", "quickstart", "build_dataset", "build_model"]
+__all__ = ["ConfigError", "Config", "StudyConfig", "load_config", "quickstart", "build_dataset", "build_model",
+           "from_params", "scaled_widths", "build", "data_of"]
 
 
 class ConfigError(ValueError):
@@ -267,3 +268,53 @@ def build_model(cfg: Config, channels: int, seed: int | None = None):
     over = {"block_out_channels": tuple(cfg.model.block_out_channels)} if cfg.model.block_out_channels else {}
     return unet(cfg.model.preset, sample_size=cfg.data.image_size, in_channels=channels, out_channels=channels,
                 seed=cfg.model.seed if seed is None else seed, **over)
+
+
+def scaled_widths(preset: str, width: float) -> list[int]:
+    """The preset's ``block_out_channels`` times ``width``, each rounded to the UNet's GroupNorm group (8 channels
+    for the tiny UNet; 0.5: 32, 48, 48 become 16, 24, 24); empty (the preset itself) at width 1."""
+    from lthdiff.models.unets import PRESETS
+
+    if not (isinstance(width, (int, float)) and width > 0):
+        raise ConfigError(f"width = {width!r} is not accepted; accepted: a number > 0 (1: the preset's channels)")
+    if width == 1:
+        return []
+    if preset not in PRESETS:
+        raise ConfigError(f"preset = {preset!r} has no widths to scale; accepted: {', '.join(PRESETS)}")
+    group = PRESETS[preset].get("norm_num_groups", 8)
+    return [max(group, int(round(c * width / group)) * group) for c in PRESETS[preset]["block_out_channels"]]
+
+
+def from_params(dataset: str = "digits", image_size: int = 16, preset: str = "tiny", pretrained: str | None = None,
+                width: float = 1.0, seed: int | None = None, base: Config | None = None) -> Config:
+    """A config from a notebook's parameter cell: the data (``dataset`` at ``image_size`` px) and the dense model
+    (``preset`` with its channels times ``width``, or a ``pretrained`` diffusers folder / Hub id, which then sets
+    the architecture), checked as a config file's values are; the rest (and ``pretrained``, ``seed`` when None)
+    from ``base`` (default ones)."""
+    cfg = Config() if base is None else base
+    cfg.data.name, cfg.data.image_size, cfg.model.preset = dataset, image_size, preset
+    if pretrained is not None:
+        cfg.model.pretrained = pretrained
+    if seed is not None:
+        cfg.model.seed = seed
+    cfg.model.block_out_channels = [] if cfg.model.pretrained else scaled_widths(preset, width)
+    from_dict(cfg.to_dict())  # every value checked as a config file's would be
+    return cfg
+
+
+def build(cfg: Config, seed: int | None = None):
+    """``(dataset, model)``: the training split and the dense UNet (initialised from ``seed``) a config describes."""
+    ds = build_dataset(cfg)
+    return ds, build_model(cfg, ds[0].shape[0], seed=seed)
+
+
+def data_of(model_dir: str | Path, default: Config | None = None) -> Config:
+    """``default`` (a fresh config when None) with the ``[data]`` section recorded beside a model saved with
+    ``models.save_model(..., data=cfg.data)``; unchanged when the folder records none."""
+    cfg = Config() if default is None else default
+    path = Path(model_dir) / "lthdiff_data.json"
+    if path.exists():
+        for k, v in json.loads(path.read_text()).items():
+            if k in DataConfig.__dataclass_fields__:
+                setattr(cfg.data, k, v)
+    return cfg

@@ -128,8 +128,10 @@ def param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_model(model, folder: str | Path) -> Path:
+def save_model(model, folder: str | Path, data: dict | None = None) -> Path:
     """Save any lthdiff model to ``folder`` atomically (diffusers ``save_pretrained`` when available).
+    ``data`` (the ``[data]`` section it was trained on) goes to ``lthdiff_data.json`` beside it, so a notebook that
+    loads the model prunes, fine-tunes and scores it on the same data (:func:`lthdiff.config.data_of`).
 
     Non-diffusers models (the classifier presets) carry ``lthdiff_spec`` (how to rebuild them) and
     are written as ``model.safetensors`` + ``lthdiff_model.json``.  The folder is written under a
@@ -153,6 +155,8 @@ def save_model(model, folder: str | Path) -> Path:
                                  "lthdiff preset with `lthdiff_spec`")
             save_tensors(tmp / "model.safetensors", model.state_dict())
             write_json(tmp / "lthdiff_model.json", spec)
+        if data is not None:
+            write_json(tmp / "lthdiff_data.json", data)
         if folder.exists():
             old = folder.with_name(folder.name + ".old")
             shutil.rmtree(old, ignore_errors=True)

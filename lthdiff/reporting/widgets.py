@@ -58,6 +58,23 @@ class Controls:
         print(self.summary())
 
 
+def on_drive(path: str, save_to_drive: bool) -> str:
+    """Where a notebook keeps ``path`` (a run folder, study records): under Google Drive's
+    ``MyDrive/lthdiff/`` (mounting Drive) when ``save_to_drive`` and this runs on Colab, so a runtime reset
+    resumes from there; ``path`` itself elsewhere (Kaggle and local disks persist on their own terms)."""
+    import sys
+
+    if not save_to_drive:
+        return path
+    if "google.colab" not in sys.modules:
+        print(f"save_to_drive: not on Colab, {path} stays on this machine's disk")
+        return path
+    from google.colab import drive
+
+    drive.mount("/content/drive")
+    return f"/content/drive/MyDrive/lthdiff/{path.lstrip('/')}"
+
+
 def device() -> str:
     """``"cuda"`` when a CUDA GPU is available, else ``"cpu"``: where the notebooks train and sample."""
     import torch

@@ -174,16 +174,10 @@ def spec_for(name: str, *, dataset: str = "digits", image_size: int = 16, preset
     (0.5: the tiny UNet's 32, 48, 48 become 16, 24, 24; rounded to the UNet's 8 channels a group).  Starts from
     the shipped config of that name when there is one (the repository's recorded studies), so the defaults
     continue it; every value given overrides it."""
-    from lthdiff.config import CONFIGS_DIR, StudyConfig
-    from lthdiff.models.unets import PRESETS
+    from lthdiff.config import CONFIGS_DIR, StudyConfig, from_params
 
     cfg = load_config(name) if (CONFIGS_DIR / f"{name}.toml").exists() else Config()
-    if not width > 0:
-        raise ConfigError(f"width = {width!r} is not accepted; accepted: a number > 0 (1: the preset's channels)")
-    base = PRESETS[preset]["block_out_channels"] if preset in PRESETS else ()
-    group = PRESETS.get(preset, {}).get("norm_num_groups", 8)
-    cfg.data.name, cfg.data.image_size, cfg.model.preset = dataset, image_size, preset
-    cfg.model.block_out_channels = [] if width == 1 else [max(group, int(round(c * width / group)) * group) for c in base]
+    cfg = from_params(dataset, image_size, preset, width=width, base=cfg)
     cfg.train.steps, cfg.imp.rounds, cfg.imp.prune_per_round = steps, rounds, prune_per_round
     cfg.eval.n, cfg.eval.steps = n, sample_steps
     if cfg.eval.feature_extractor == "auto" and dataset in OFFLINE_EXTRACTORS:
