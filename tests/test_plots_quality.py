@@ -52,6 +52,22 @@ def test_classic_accuracy_from_a_payload(tmp_path):
     plots.close(fig)
 
 
+@pytest.mark.parametrize("rounds", [4, 12])
+def test_accuracy_ticks_sit_at_the_measured_levels_and_the_legend_off_the_bars(rounds):
+    import pandas as pd
+
+    rem = [0.8 ** r for r in range(rounds + 1)]  # LeNet-5's levels sat between the old 100/50/20 ticks
+    df = pd.DataFrame([{"seed": 0, "round": r, "variant": v, "remaining": rem[r], "accuracy": 0.9}
+                       for r in range(rounds + 1) for v in (["ticket"] if r == 0 else ["ticket", "random_reinit"])])
+    ax = plots.plot_accuracy(df)
+    ticks = sorted(ax.get_xticks(), reverse=True)
+    want = [100 * x for x in rem] if rounds + 1 <= 9 else [100 * x for x in rem[::2]] + ([100 * rem[-1]] if rounds % 2 else [])
+    assert ticks == pytest.approx(want)
+    anchor = ax.get_legend().get_bbox_to_anchor().transformed(ax.transAxes.inverted())
+    assert anchor.x0 > 1.0, "the legend sits on the data"
+    plots.close(ax.figure)
+
+
 def test_matching_vs_width_places_each_width_at_its_parameters_and_marks_jiang():
     def agg(match, miss, ratios):
         return {"matching": {"sparsity": match, "first_miss": miss}, "seeds": [0, 1, 2],

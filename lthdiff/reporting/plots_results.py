@@ -49,15 +49,17 @@ def plot_accuracy(df, ax=None, variants: Sequence[str] | None = None, title: str
     if not dense.empty:
         ax.axhline(dense["accuracy"].mean() * 100, color="gray", ls="--", lw=1, label="dense")
     ax.set_xscale("log")
-    lo = df["remaining"].min() * 100
-    ax.xaxis.set_major_locator(FixedLocator([t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1) if t >= lo * 0.9]))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    # ticks at the measured levels (every other one past 9, the first and last always), so every round can be read
+    levels = sorted({round(float(x) * 100, 6) for x in df["remaining"]}, reverse=True)
+    ticks = levels if len(levels) <= 9 else sorted(set(levels[::2]) | {levels[-1]}, reverse=True)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.invert_xaxis()
     ax.set_xlabel("percent of weights remaining (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # off the error bars
     if title:
         ax.set_title(title)
     return ax
