@@ -28,8 +28,8 @@ reduction; :func:`pruned_config` and :func:`config_macs` give the structure and 
 """
 from .importance import IMPORTANCES, HSICImportance
 from .prune import rewind_structured, structured
-from .structure import StructuredInfo, config_macs, kept_overlap, pruned_config, ratio_for_macs
+from .structure import StructuredInfo, chance_overlap, config_macs, kept_overlap, pruned_config, ratio_for_macs
 from .tickets import ARMS, StructuredArms, ticket
 
 __all__ = ["IMPORTANCES", "HSICImportance", "StructuredInfo", "structured", "pruned_config", "config_macs",
-           "ratio_for_macs", "kept_overlap", "rewind_structured", "ticket", "StructuredArms", "ARMS"]
+           "ratio_for_macs", "kept_overlap", "chance_overlap", "rewind_structured", "ticket", "StructuredArms", "ARMS"]

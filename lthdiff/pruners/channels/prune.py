@@ -194,13 +194,15 @@ def structured(
         scores = torch.zeros(n) if scores is None else scores.detach().float().cpu().nan_to_num(0.0)
         if name.rsplit(".", 1)[-1] in _QKV and head_dim:
             # whole heads go: the config fixes attention_head_dim, heads = width // head_dim
+            info.blocks[name] = (n // head_dim, 1, head_dim)
             heads = _select(scores.view(-1, head_dim).sum(1), max(1, k // head_dim), 1)
             kept = [h * head_dim + j for h in heads for j in range(head_dim)]
         else:
             if n != (boc[lvl] if lvl != "temb" else info.time_embedding_dim[0]):
                 raise ValueError(f"cannot prune {name}: its {n} channels do not match its level's width; "
                                  "this UNet2DModel layout is not supported by structured pruning")
-            kept = _select(scores, k, _gn_blocks(group, n))
+            info.blocks[name] = (n, _gn_blocks(group, n), 1)
+            kept = _select(scores, k, info.blocks[name][1])
         info.kept[name] = kept
         drop = sorted(set(range(n)) - set(kept))
         if drop:
