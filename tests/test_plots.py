@@ -55,3 +55,15 @@ def test_show_grid_wraps_after_ncols_panels():
     assert [ax.get_title() for ax in fig.axes if ax.images] == [str(i) for i in range(6)]
     with pytest.raises(ValueError, match="6 grids but 2 titles"):
         sampling.show_grid(grids, titles=["a", "b"])
+
+
+def test_sparsity_curve_draws_dense_as_a_reference_not_on_the_ticket_line():
+    table = pd.DataFrame({"round": [0, 1, 1, 2, 2], "variant": ["ticket", "ticket", "random_reinit", "ticket", "random_reinit"],
+                          "sparsity": [0.0, 0.5, 0.5, 0.75, 0.75], "final_loss": [0.04, 0.039, 0.045, 0.036, 0.043]})
+    fig = plots.sparsity_curve(table, "final_loss")
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert list(lines["ticket"].get_ydata()) == [0.039, 0.036]  # no dense point at the start of the ticket line
+    assert set(lines["dense"].get_ydata()) == {0.04}
+    assert ax.get_ylabel() == "final training loss" and "final_loss" not in ax.get_title()
+    plots.close(fig)

@@ -122,6 +122,11 @@ def loss_panels(panels: Mapping[str, Mapping[str, Sequence[float]]], *, referenc
     return fig
 
 
+# how the figures name the columns of run and study tables
+METRIC_LABELS = {"final_loss": "final training loss", "fid": "FID", "kid": "KID", "ssim": "SSIM", "psnr": "PSNR (dB)",
+                 "perceptual": "perceptual distance", "accuracy": "test accuracy", "loss_at_init": "loss before training"}
+
+
 def sparsity_curve(table: Any, metric: str, *, by: str | None = "variant", ax: Any = None,
                    title: str | None = None, remaining: bool = True, lower_is_better: bool | None = None):
     """``metric`` against sparsity, one line per ``by`` group (ticket and controls).
@@ -135,6 +140,11 @@ def sparsity_curve(table: Any, metric: str, *, by: str | None = "variant", ax: A
         if col not in table.columns:
             raise ValueError(f"table has no column {col!r}; columns: {list(table.columns)}")
     fig, ax = _axes(ax, (5.5, 3.6))
+    name = METRIC_LABELS.get(metric, metric)
+    dense = table[table["sparsity"] == 0].dropna(subset=[metric])
+    if not dense.empty:  # the dense network is its own reference, not the first point of the ticket's line
+        ax.axhline(float(dense[metric].mean()), color="gray", ls=":", lw=1.2, label="dense", zorder=1)
+        table = table[table["sparsity"] > 0]
     groups = [(None, table)] if by is None else list(table.groupby(by, sort=False))
     groups.sort(key=lambda g: g[0] not in (None, "ticket"))  # ticket first: colour C0 in every figure
     # the ticket gets a bold line, controls thinner dashed ones
@@ -164,10 +174,10 @@ def sparsity_curve(table: Any, metric: str, *, by: str | None = "variant", ax: A
         ax.set_xlabel(_REMAINING)
     else:
         ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel(metric + ("" if lower_is_better is None else " (lower is better)" if lower_is_better
-                            else " (higher is better)"))
-    ax.set_title(title or f"{metric} vs sparsity")
-    if by is not None and len(groups) > 1:
+    ax.set_ylabel(name + ("" if lower_is_better is None else " (lower is better)" if lower_is_better
+                          else " (higher is better)"))
+    ax.set_title(title or f"{name} vs {'weights remaining' if remaining else 'sparsity'}")
+    if (by is not None and len(groups) > 1) or not dense.empty:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return fig
