@@ -19,10 +19,11 @@ from .engine import SeedContext, run_network, score
 from . import queue
 from .queue import run_local, status, work
 from . import aggregate
-from .aggregate import aggregate_records, converged, loss_plateau, mask_overlap, recorded_study
+from .aggregate import WIDTH_STUDIES, aggregate_records, converged, loss_plateau, mask_overlap, recorded_study, width_studies
 
 __all__ = ["spec", "RECORDED", "StudySpec", "check_records", "load_spec", "prepare_records", "settings", "spec_for",
            "records", "arms", "ARMS",
            "LATE_FRACTION", "check_arms", "late_rewind_step", "mask_name", "plan", "engine", "SeedContext",
            "run_network", "score", "queue", "run_local", "status", "work", "aggregate", "aggregate_records",
-           "converged", "loss_plateau", "mask_overlap", "recorded_study"]
+           "converged", "loss_plateau", "mask_overlap", "recorded_study",
+           "WIDTH_STUDIES", "width_studies"]

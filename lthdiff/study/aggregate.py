@@ -156,6 +156,38 @@ def recorded_study(name: str = "quality_digits_converged", records: str | Path =
         raise
 
 
+WIDTH_STUDIES = ("quality_digits_width_0.5x", "quality_digits_converged", "quality_digits_width_2x")
+
+
+def width_studies(names: Sequence[str] = WIDTH_STUDIES, records: str | Path = RECORDED) -> list[dict[str, Any]]:
+    """One protocol at several widths, for :func:`lthdiff.reporting.plots.matching_vs_width` (Rosenfeld et al. 2021
+    ask the same of classifiers): per recorded study its aggregate, its UNet's parameter count (counted in the
+    recorded dense weights) and a label with its widths and, while it runs, how many of its networks are recorded."""
+    from safetensors import safe_open
+
+    out = []
+    for name in names:
+        agg = recorded_study(name, records)
+        if agg is None:
+            continue
+        d = Path(name) if Path(name).is_dir() else Path(records) / name
+        weights = next((w for sd in R.seed_dirs(d) for w in [sd / "weights_r00.safetensors"] if w.exists()), None)
+        if weights is None:
+            continue
+        with safe_open(str(weights), "pt") as f:
+            params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        from lthdiff.models.unets import PRESETS
+
+        st = agg["settings"]
+        widths = st.get("model", {}).get("block_out_channels") or PRESETS[st["preset"]]["block_out_channels"]
+        label = "-".join(map(str, widths))
+        if not agg["complete"]:
+            done, planned = (sum(agg[k].values()) for k in ("networks_recorded", "networks_planned"))
+            label += f", {done}/{planned} networks"
+        out.append({"name": name, "params": params, "label": label, "agg": agg})
+    return out
+
+
 def to_registry(study_dir: str | Path, registry: str | Path) -> list[int]:
     """Write a study's records into a SQLite :class:`lthdiff.tracking.registry.Registry`: one experiment a seed
     (method ``study``, its records folder as the run directory, the settings as config), the overall sparsity
