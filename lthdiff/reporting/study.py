@@ -9,7 +9,8 @@ from typing import Any, Sequence
 from lthdiff.study.arms import LATE_FRACTION, late_rewind_step
 from .tables import markdown_table
 
-__all__ = ["markdown", "study_summary", "update_readme", "overlap_markdown", "structured_markdown"]
+__all__ = ["markdown", "study_summary", "update_readme", "overlap_markdown", "structured_markdown", "as_bullets",
+           "width_summary"]
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -185,6 +186,42 @@ def study_summary(agg: dict[str, Any]) -> str:
                      f"{init['ticket']['sparsity']:.1%}" + (f", {others}" if others else "")
                      + ": the mask alone already denoises (the supermask effect, Zhou et al. 2019).")
     return f"**{head}.**{partial} {body}{conv_text}{init_text}"
+
+
+def as_bullets(text: str) -> str:
+    """A Markdown paragraph as one bullet a sentence (a leading bold heading stays a line of its own), so a
+    notebook's closing cell reads as a list instead of one block (a sentence ends at ". " before a capital)."""
+    import re
+
+    head = ""
+    if text.startswith("**"):
+        end = text.index("**", 2) + 2
+        head, text = text[:end] + "\n", text[end:].strip()
+    return head + "\n".join(f"- {s}" for s in re.split(r"(?<=\.) (?=[A-Z*])", text) if s.strip())
+
+
+def width_summary(studies: Sequence[dict[str, Any]], claim_params: float = 35.7e6) -> str:
+    """What the width studies (:func:`lthdiff.study.width_studies`) say, one bullet a width, and what their span of
+    parameter counts supports: nothing outside it, least of all Jiang et al. 2023's ``claim_params``."""
+    if not studies:
+        return "No width study is recorded here."
+    lines = []
+    for w in studies:
+        m = w["agg"]["matching"]
+        miss = f"first miss {m['first_miss']:.1%}" if m["first_miss"] is not None else "no miss recorded yet"
+        lines.append(f"- {w['label']} ({w['params'] / 1e6:.2g}M parameters, {len(w['agg']['seeds'])} seeds"
+                     f"{'' if w['agg']['complete'] else ', still running'}): tickets match up to "
+                     f"{m['sparsity']:.1%}, {miss}")
+    done = [w for w in studies if w["agg"]["complete"]]
+    lo, hi = (min(w["params"] for w in done), max(w["params"] for w in done)) if done else (0, 0)
+    if len(done) >= 3:
+        reach = (f"{len(done)} complete widths span {lo / 1e6:.2g}M-{hi / 1e6:.2g}M parameters ({hi / lo:.3g}x): a trend "
+                 f"between them may be read inside that span only; {claim_params / 1e6:.3g}M is {claim_params / hi:.3g}x "
+                 "beyond its top, so they say nothing about 99 % there.")
+    else:
+        reach = (f"{len(done)} complete width(s) so far: too few for a trend, and nothing about 99 % at "
+                 f"{claim_params / 1e6:.3g}M parameters.")
+    return "\n".join(lines) + "\n\n" + reach
 
 
 def update_readme(path: str | Path, summary: str, tag: str = "study") -> Path:

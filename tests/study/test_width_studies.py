@@ -15,3 +15,25 @@ def test_width_studies_count_the_recorded_dense_weights():
 
 def test_a_study_not_recorded_is_left_out(tmp_path):
     assert study.width_studies(["no_such_study"], records=tmp_path) == []
+
+
+def test_as_bullets_keeps_the_heading_and_does_not_split_inside_a_citation():
+    from lthdiff.reporting.study import as_bullets
+
+    text = "**Head, 3 seeds.** Tickets match up to 93.8%. Late rewinding (Frankle et al. 2019) helps. Done."
+    assert as_bullets(text).splitlines() == ["**Head, 3 seeds.**", "- Tickets match up to 93.8%.",
+                                            "- Late rewinding (Frankle et al. 2019) helps.", "- Done."]
+
+
+def test_width_summary_scopes_what_the_widths_support():
+    from lthdiff.reporting.study import width_summary
+
+    def w(params, complete, match=0.9375, miss=0.96875):
+        agg = {"matching": {"sparsity": match, "first_miss": miss}, "seeds": [0, 1, 2], "complete": complete}
+        return {"label": f"w{params}", "params": params, "agg": agg}
+
+    two = width_summary([w(176_513, False, miss=None), w(699_649, True)])
+    assert "still running" in two and "no miss recorded yet" in two and "too few for a trend" in two
+    three = width_summary([w(176_513, True), w(699_649, True), w(2_790_000, True)])
+    assert f"({2_790_000 / 176_513:.3g}x)" in three and f"{35.7e6 / 2_790_000:.3g}x beyond" in three
+    assert three.count("\n- ") == 2 and "93.8%" in three
