@@ -45,3 +45,13 @@ def test_bad_input_says_what_is_accepted():
         structured_tickets({"rows": []})
     with pytest.raises(ValueError, match="metric must be"):
         structured_tickets({"table": TABLE}, metric="lpips")
+
+
+def test_ticks_say_the_reduction_reached_and_the_title_the_seeds():
+    rows = [dict(r, seeds=3) for r in TABLE]
+    latency = [{"MAC target": "50%", "macs_reduction": 0.496}, {"MAC target": "75%", "macs_reduction": 0.742}]
+    fig = structured_tickets({"table": rows, "latency": latency})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["50% fewer MACs", "74% fewer MACs"]
+    assert "3 seeds" in ax.get_title()
+    close(fig)

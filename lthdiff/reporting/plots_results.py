@@ -204,13 +204,17 @@ def structured_tickets(results: str | os.PathLike | Mapping[str, Any], *, metric
         xs = [j + (i - (len(arms) - 1) / 2) * width for j, lv in enumerate(levels) if lv in rows]
         ax.bar(xs, [rows[lv][f"{metric}_mean"] for lv in levels if lv in rows], width, color=f"C{i}", label=arm,
                yerr=[rows[lv][f"{metric}_std"] for lv in levels if lv in rows], capsize=4)
-    ax.set_xticks(range(len(levels)), [f"{lv:.0%} fewer MACs" for lv in levels])
+    # the MAC reduction the rounded widths reached (74 % for the 75 % target on the tiny UNet), where recorded
+    reached = {float(str(r.get("MAC target", "")).rstrip("%") or "nan") / 100: r["macs_reduction"]
+               for r in payload.get("latency", []) if "macs_reduction" in r}
+    ax.set_xticks(range(len(levels)), [f"{reached.get(lv, lv):.0%} fewer MACs" for lv in levels])
     means = [r[f"{metric}_mean"] for r in table if r[f"{metric}_mean"] > 0]
     if logy or (logy is None and means and max(means) > 3 * min(means)):
         ax.set_yscale("log")
         readable_log_axis(ax.yaxis, min(means), max(means))
     ax.set_ylabel(f"{metric.upper()} (lower is better{', log scale' if ax.get_yscale() == 'log' else ''})")
-    ax.set_title(title or f"Structured tickets: {metric.upper()} (mean ± std, seeds)")
+    seeds = max((int(r.get("seeds", 0)) for r in table), default=0)
+    ax.set_title(title or f"Structured tickets: {metric.upper()} (mean ± std over {seeds} seeds)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # off the bars
     ax.grid(alpha=0.3, axis="y")
     return fig
