@@ -127,3 +127,32 @@ def test_last_cell_states_what_the_notebook_found(nb):
     shown = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in last.get("outputs", []))
     assert len(re.findall(r"\d+(?:\.\d+)?", shown)) >= 3, f"{nb.name}: the committed takeaway shows no numbers"
     assert "seed" in shown.lower(), f"{nb.name}: the takeaway must say how many seeds it rests on"
+
+
+def _output_text(nb: Path) -> str:
+    parts = []
+    for c in _cells(nb):
+        for o in c.get("outputs", []) if c["cell_type"] == "code" else []:
+            parts.append("".join(o.get("text", "")))
+            parts.append("".join(o.get("data", {}).get("text/plain", "")))
+            parts.append("".join(o.get("data", {}).get("text/markdown", "")))
+    return "\n".join(parts)
+
+
+def _resumed(text: str) -> list[str]:
+    """Lines of committed output that show a run continued from an earlier one instead of run from scratch."""
+    return re.findall(r"resumed (?:from|at) step [1-9]\d*|continued: steps 1-\d+", text)
+
+
+def test_resumed_runs_are_recognised():
+    assert _resumed("round 1 ticket (50.0%): 200 steps (80 now, resumed at step 120) in 9 s") == ["resumed at step 120"]
+    assert _resumed("round 1 late (50.0%): 150 steps (143 now) in 9 s") == []  # trained on from θ_K, not resumed
+    assert _resumed("1500 steps; resumed from step 1500") == ["resumed from step 1500"]
+    assert _resumed("1500 steps in 17.0 min (continued: steps 1-900 ran earlier)") == ["continued: steps 1-900"]
+    assert _resumed("round 0 (dense): 200 steps (200 now) in 19 s; resumed from step 0") == []
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_outputs_come_from_a_run_from_scratch(nb):
+    """A committed output that trained nothing (it resumed a finished run) would quote a run time it never spent."""
+    assert not _resumed(_output_text(nb)), f"{nb.name} was committed from a resumed run: {_resumed(_output_text(nb))[:3]}"

@@ -179,7 +179,7 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     ema_model = _ema(model, ema_max_decay) if ema else None
     losses: list[float] = []
-    start = 0
+    start, resumed = 0, False
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_dir is not None:
         state = load_checkpoint(ckpt_dir)
@@ -191,6 +191,7 @@ def train(
                 ema_model.load_state_dict(state["ema"])
             losses = list(state["losses"])
             start = int(state["step"])
+            resumed = read_json(ckpt_dir / _CKPT_POINTER).get("forked_from") != start
             if start > steps:
                 raise ValueError(f"{ckpt_dir} already holds a run trained for {start} steps, more than steps={steps}; "
                                  "use a new checkpoint_dir or steps >= that")
@@ -259,8 +260,8 @@ def train(
     bar.close()
     if step > start:
         tail = losses[-max(1, len(losses) // 10):]
-        log_line(f"{desc}: {step} steps ({step - start} now) in {time.perf_counter() - t0:.0f} s, "
-                 f"mean loss of the last 10 % {sum(tail) / len(tail):.4f}", enabled=show)
+        log_line(f"{desc}: {step} steps ({step - start} now{f', resumed at step {start}' if resumed else ''}) in "
+                 f"{time.perf_counter() - t0:.0f} s, mean loss of the last 10 % {sum(tail) / len(tail):.4f}", enabled=show)
     if step > start or (ckpt_dir is not None and load_checkpoint(ckpt_dir) is None):
         checkpoint(step)
     if writer is not None:
@@ -306,7 +307,8 @@ def fork_checkpoint(src: str | Path, dst: str | Path) -> int:
     with atomic_path(dst / info["file"]) as tmp:
         shutil.copy2(src / info["file"], tmp)
     entry = {k: info[k] for k in ("step", "file", "sha256")}
-    write_json(dst / _CKPT_POINTER, {**entry, "history": [entry]})
+    # marked, so the run that trains on from it is not reported as resuming an interrupted run of its own
+    write_json(dst / _CKPT_POINTER, {**entry, "history": [entry], "forked_from": entry["step"]})
     return int(info["step"])
 
 
