@@ -115,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--readme", default=None, metavar="FILE",
                    help="put the summary between <!-- study --> and <!-- /study --> in FILE")
     q.add_argument("--registry", default=None, metavar="FILE", help="write the study's rows into this SQLite registry")
+    q = ss.add_parser("widths", help="matching sparsity against width: the figure and summary of the width studies")
+    q.add_argument("names", nargs="*", default=None, help="studies, narrowest first (default: the recorded width studies)")
+    q.add_argument("--out", default="matching_vs_width.png", help="the figure (PNG)")
+    q.add_argument("--readme", default=None, metavar="FILE",
+                   help="put the summary between <!-- widths --> and <!-- /widths --> in FILE")
     return ap
 
 
@@ -154,6 +159,8 @@ def _study(args: argparse.Namespace) -> int:
                                 threads=spec.config.study.threads)
         print(f"[lthdiff] study {spec.name}: {n} networks this call; lthdiff study status {spec.dir}")
         return 0
+    if args.study_command == "widths":
+        return _widths(args)
     d = Path(args.dir)
     if not study.records.seed_dirs(d):
         raise ValueError(f"{d} holds no seed_<N>/ records: not a study's records folder")
@@ -177,6 +184,26 @@ def _study(args: argparse.Namespace) -> int:
     if args.registry:
         ids = study.aggregate.to_registry(d, args.registry)
         print(f"[lthdiff] registry {args.registry}: experiments {ids}")
+    return 0
+
+
+def _widths(args: argparse.Namespace) -> int:
+    from lthdiff import study
+    from lthdiff.reporting import plots
+    from lthdiff.reporting.study import update_readme, width_summary
+
+    studies = study.width_studies(args.names or study.WIDTH_STUDIES)
+    if not studies:
+        raise ValueError(f"none of {args.names or list(study.WIDTH_STUDIES)} is recorded: nothing to plot")
+    fig = plots.matching_vs_width(studies, title="matching sparsity against width (recorded studies)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110, bbox_inches="tight")
+    plots.close(fig)
+    text = width_summary(studies)
+    print(text)
+    if args.readme:
+        update_readme(args.readme, text, tag="widths")
+    print(f"[lthdiff] figure {args.out}")
     return 0
 
 

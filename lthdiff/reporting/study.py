@@ -209,9 +209,11 @@ def width_summary(studies: Sequence[dict[str, Any]], claim_params: float = 35.7e
     for w in studies:
         m = w["agg"]["matching"]
         miss = f"first miss {m['first_miss']:.1%}" if m["first_miss"] is not None else "no miss recorded yet"
+        at = [r.get("seeds") for r in w["agg"].get("table", []) if r["variant"] == "ticket" and r["sparsity"] == m["sparsity"]]
+        there = f" ({at[0]} of {len(w['agg']['seeds'])} seeds there)" if at and at[0] != len(w["agg"]["seeds"]) else ""
         lines.append(f"- {w['label']} ({w['params'] / 1e6:.2g}M parameters, {len(w['agg']['seeds'])} seeds"
-                     f"{'' if w['agg']['complete'] else ', still running'}): tickets match up to "
-                     f"{m['sparsity']:.1%}, {miss}")
+                     f"{'' if w['agg']['complete'] else ', still running'}): tickets match "
+                     f"{'' if w['agg']['complete'] else 'so far '}up to {m['sparsity']:.1%}{there}, {miss}")
     done = [w for w in studies if w["agg"]["complete"]]
     lo, hi = (min(w["params"] for w in done), max(w["params"] for w in done)) if done else (0, 0)
     if len(done) >= 3:

@@ -37,3 +37,24 @@ def test_width_summary_scopes_what_the_widths_support():
     three = width_summary([w(176_513, True), w(699_649, True), w(2_790_000, True)])
     assert f"({2_790_000 / 176_513:.3g}x)" in three and f"{35.7e6 / 2_790_000:.3g}x beyond" in three
     assert three.count("\n- ") == 2 and "93.8%" in three
+
+
+def test_partial_study_says_how_many_seeds_stand_behind_its_matching_sparsity():
+    from lthdiff.reporting.study import width_summary
+
+    agg = {"matching": {"sparsity": 0.875, "first_miss": None}, "seeds": [0, 1, 2], "complete": False,
+           "table": [{"variant": "ticket", "sparsity": 0.875, "seeds": 1}]}
+    text = width_summary([{"label": "16-24-24", "params": 176_513, "agg": agg}])
+    assert "so far up to 87.5% (1 of 3 seeds there)" in text
+
+
+def test_cli_widths_writes_the_figure_and_the_readme_block(study_cli, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("top\n<!-- widths -->\nold\n<!-- /widths -->\nbottom\n")
+    assert study_cli("widths", "--out", tmp_path / "w.png", "--readme", readme) == 0
+    assert study_cli("widths", "no_such_study", "--out", tmp_path / "x.png") == 2
+    assert not (tmp_path / "x.png").exists()
+    text = readme.read_text()
+    assert text.startswith("top\n<!-- widths -->\n- ") and text.endswith("<!-- /widths -->\nbottom\n")
+    assert "old" not in text and "32-48-48 (0.7M parameters" in text
+    assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"
