@@ -253,6 +253,10 @@ def matching_vs_width(studies: Sequence[Mapping[str, Any]], *, title: str | None
     right.axhline(1.0, color="gray", lw=1)
     right.set_xscale("log")
     right.invert_xaxis()
+    levels = sorted({100 * (1 - r["sparsity"]) for st in studies for r in st["agg"]["table"] if r["sparsity"] > 0},
+                    reverse=True)
+    right.set_xticks(levels, [f"{v:.3g}" for v in levels])  # the measured levels, not log-axis defaults
+    right.minorticks_off()
     right.set_xlabel("weights remaining (%, log scale)")
     right.set_ylabel("ticket FID / dense FID (per seed, mean ± std)")
     right.legend(fontsize=7, loc="upper left")
