@@ -49,9 +49,10 @@ def plot_accuracy(df, ax=None, variants: Sequence[str] | None = None, title: str
     if not dense.empty:
         ax.axhline(dense["accuracy"].mean() * 100, color="gray", ls="--", lw=1, label="dense")
     ax.set_xscale("log")
-    # ticks at the measured levels (every other one past 9, the first and last always), so every round can be read
+    # ticks at the measured levels (every other one past 9; the last always, in place of its neighbour so that two
+    # labels never touch), so every round can be read
     levels = sorted({round(float(x) * 100, 6) for x in df["remaining"]}, reverse=True)
-    ticks = levels if len(levels) <= 9 else sorted(set(levels[::2]) | {levels[-1]}, reverse=True)
+    ticks = levels if len(levels) <= 9 else levels[::2][:-1] + [levels[-1]]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
     ax.xaxis.set_minor_locator(NullLocator())
