@@ -153,16 +153,21 @@ def test_ema_equals_an_ema_recomputed_from_the_raw_weights(small_digits):
         assert torch.allclose(got[k], ema[k], rtol=1e-5, atol=1e-7), k
 
 
-def test_the_log_says_resumed_for_its_own_run_and_not_for_a_forked_start(tmp_path, small_digits, capsys):
+def test_the_log_says_resumed_for_its_own_run_and_not_for_a_forked_start(tmp_path, small_digits, capsys, monkeypatch):
     """Committed notebook outputs must not come from resumed runs (tests/test_notebook_hygiene.py): the log says so
-    when a run continues its own checkpoint, and not when it trains on from another run's (late rewinding)."""
+    when a run continues a checkpoint an earlier process wrote, and not when it trains on in the same process (a
+    network trained in pieces) or from another run's checkpoint (late rewinding)."""
     from lthdiff.models import unet
+    from lthdiff.training import loop
     from lthdiff.training.loop import fork_checkpoint
 
     kw = dict(block_out_channels=(8, 16, 16), norm_num_groups=4)
     train(unet("tiny", **kw), small_digits, 3, batch_size=16, checkpoint_dir=tmp_path / "a")
+    train(unet("tiny", **kw), small_digits, 4, batch_size=16, checkpoint_dir=tmp_path / "a")
+    assert "resumed" not in capsys.readouterr().out  # the same process trains on
+    monkeypatch.setattr(loop, "_PROCESS", "a later session")
     train(unet("tiny", **kw), small_digits, 5, batch_size=16, checkpoint_dir=tmp_path / "a")
-    assert "5 steps (2 now, resumed at step 3)" in capsys.readouterr().out
+    assert "5 steps (1 now, resumed at step 4)" in capsys.readouterr().out
     fork_checkpoint(tmp_path / "a", tmp_path / "b")
     train(unet("tiny", **kw), small_digits, 8, batch_size=16, checkpoint_dir=tmp_path / "b")
     out = capsys.readouterr().out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,9 @@ def _epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int) -> D
 
 
 _CKPT_POINTER = "latest.json"
+# Which process wrote a checkpoint: a run that continues a checkpoint written earlier in the same process (a
+# network trained in pieces, e.g. to a rewind snapshot and on) is not resuming an interrupted run.
+_PROCESS = f"{os.getpid()}-{time.time_ns()}"
 
 
 def _save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
@@ -96,7 +100,7 @@ def _save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int
     for old in history[:-keep]:
         (ckpt_dir / old["file"]).unlink(missing_ok=True)
     history = history[-keep:]
-    write_json(pointer, {"step": step, "file": path.name, "sha256": digest, "history": history})
+    write_json(pointer, {"step": step, "file": path.name, "sha256": digest, "history": history, "process": _PROCESS})
     return path
 
 
@@ -191,7 +195,8 @@ def train(
                 ema_model.load_state_dict(state["ema"])
             losses = list(state["losses"])
             start = int(state["step"])
-            resumed = read_json(ckpt_dir / _CKPT_POINTER).get("forked_from") != start
+            written = read_json(ckpt_dir / _CKPT_POINTER)
+            resumed = written.get("forked_from") != start and written.get("process") != _PROCESS
             if start > steps:
                 raise ValueError(f"{ckpt_dir} already holds a run trained for {start} steps, more than steps={steps}; "
                                  "use a new checkpoint_dir or steps >= that")
