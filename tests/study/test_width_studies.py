@@ -14,7 +14,7 @@ def test_width_studies_count_the_recorded_dense_weights(widths):
     got = {w["name"]: w for w in widths}
     assert "quality_digits_converged" in got
     for name, w in got.items():
-        widths = tuple(int(c) for c in w["label"].split(",")[0].split("-"))
+        chans = tuple(int(c) for c in w["label"].split(",")[0].split("-"))
         assert w["params"] == models.param_count(models.unet("tiny", block_out_channels=chans)), name
         assert ("networks" in w["label"]) == (not w["agg"]["complete"]), w["label"]
     assert [w["params"] for w in widths] == sorted(w["params"] for w in got.values())
