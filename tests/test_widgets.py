@@ -81,3 +81,12 @@ def test_the_parameters_cell_also_prints_its_values_as_text(monkeypatch, capsys)
     out = capsys.readouterr().out
     assert len(shown) == 1 and type(shown[0]).__name__ == "VBox"
     assert out.strip() == f"parameters: steps={params.steps}, lr=0.00123, name=a"
+
+
+def test_elapsed_states_minutes_and_the_device():
+    import time
+
+    from lthdiff.reporting import widgets
+
+    text = widgets.elapsed(time.perf_counter() - 90)
+    assert text.startswith("1.5 min on ") and text.split(" on ", 1)[1] == widgets.mode().split(" on ", 1)[1]

@@ -122,9 +122,20 @@ def controls(**spec: Any) -> Controls:
     return Controls({name: _widget(name, s) for name, s in spec.items()})
 
 
-def mode() -> str:
-    """One line for the parameters cell: which mode and which device this run uses."""
+def _where() -> str:
     import torch
 
-    where = "GPU: " + torch.cuda.get_device_name(0) if device() == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    return f"{'quick' if is_quick() else 'full'} mode on {where}"
+    return "GPU: " + torch.cuda.get_device_name(0) if device() == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+
+
+def mode() -> str:
+    """One line for the parameters cell: which mode and which device this run uses."""
+    return f"{'quick' if is_quick() else 'full'} mode on {_where()}"
+
+
+def elapsed(t0: float) -> str:
+    """How long a notebook cell's work took since ``t0`` (``time.perf_counter()``), in minutes, and on what device,
+    so a committed output states its own run time."""
+    import time
+
+    return f"{(time.perf_counter() - t0) / 60:.1f} min on {_where()}"
