@@ -310,7 +310,7 @@ def build(cfg: Config, seed: int | None = None):
 
 def data_of(model_dir: str | Path, default: Config | None = None) -> Config:
     """``default`` (a fresh config when None) with the ``[data]`` section recorded beside a model saved with
-    ``models.save_model(..., data=cfg.data)``; unchanged when the folder records none."""
+    ``models.save_model(..., data=cfg.to_dict()["data"])``; unchanged when the folder records none."""
     cfg = Config() if default is None else default
     path = Path(model_dir) / "lthdiff_data.json"
     if path.exists():

@@ -129,16 +129,6 @@ def test_last_cell_states_what_the_notebook_found(nb):
     assert "seed" in shown.lower(), f"{nb.name}: the takeaway must say how many seeds it rests on"
 
 
-def _output_text(nb: Path) -> str:
-    parts = []
-    for c in _cells(nb):
-        for o in c.get("outputs", []) if c["cell_type"] == "code" else []:
-            parts.append("".join(o.get("text", "")))
-            parts.append("".join(o.get("data", {}).get("text/plain", "")))
-            parts.append("".join(o.get("data", {}).get("text/markdown", "")))
-    return "\n".join(parts)
-
-
 def _resumed(text: str) -> list[str]:
     """Lines of committed output that show a run continued from an earlier one instead of run from scratch."""
     return re.findall(r"resumed (?:from|at) step [1-9]\d*|continued: steps 1-\d+", text)
@@ -155,4 +145,5 @@ def test_resumed_runs_are_recognised():
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_outputs_come_from_a_run_from_scratch(nb):
     """A committed output that trained nothing (it resumed a finished run) would quote a run time it never spent."""
-    assert not _resumed(_output_text(nb)), f"{nb.name} was committed from a resumed run: {_resumed(_output_text(nb))[:3]}"
+    found = _resumed("\n".join(text for _, text in _texts(nb)))
+    assert not found, f"{nb.name} was committed from a resumed run: {found[:3]}"

@@ -141,11 +141,16 @@ def mask_overlap(study_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def _study_dir(name: str, records: str | Path) -> Path:
+    """A records folder of the user's when ``name`` is one, else the study ``name`` under ``records``."""
+    return Path(name) if Path(name).is_dir() and R.seed_dirs(Path(name)) else Path(records) / name
+
+
 def recorded_study(name: str = "quality_digits_converged", records: str | Path = RECORDED) -> dict[str, Any] | None:
     """:func:`aggregate_records` of a study: ``name`` a study recorded in the package (``lthdiff/study/recorded/``,
     or in ``records``) or a records folder of the user's (``studies/my_study``); None when nothing of it is
     recorded yet (no dense network)."""
-    d = Path(name) if Path(name).is_dir() and R.seed_dirs(Path(name)) else Path(records) / name
+    d = _study_dir(name, records)
     if not R.seed_dirs(d):
         return None
     try:
@@ -165,19 +170,19 @@ def width_studies(names: Sequence[str] = WIDTH_STUDIES, records: str | Path = RE
     recorded dense weights) and a label with its widths and, while it runs, how many of its networks are recorded."""
     from safetensors import safe_open
 
+    from lthdiff.models.unets import PRESETS
+
     out = []
     for name in names:
         agg = recorded_study(name, records)
         if agg is None:
             continue
-        d = Path(name) if Path(name).is_dir() else Path(records) / name
+        d = _study_dir(name, records)
         weights = next((w for sd in R.seed_dirs(d) for w in [sd / "weights_r00.safetensors"] if w.exists()), None)
         if weights is None:
             continue
         with safe_open(str(weights), "pt") as f:
             params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
-        from lthdiff.models.unets import PRESETS
-
         st = agg["settings"]
         widths = st.get("model", {}).get("block_out_channels") or PRESETS[st["preset"]]["block_out_channels"]
         label = "-".join(map(str, widths))
