@@ -87,7 +87,8 @@ def structured_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The structured arms' table (:func:`lthdiff.study.aggregate.structured_table`), or nothing."""
     if not rows:
         return ""
-    table = [{"MACs removed": f"{r['reduction']:.0%}", "importance": r["importance"], "arm": r["kind"], "seeds": r["seeds"],
+    table = [{"MACs removed": f"{r['reduction']:.0%}", "importance": r["importance"] or "(none)", "arm": r["kind"],
+              "seeds": r["seeds"],
               "MACs / dense": _fmt(r["macs_ratio"]), "FID": f"{_fmt(r['fid_mean'])} ± {_fmt(r['fid_std'], 2)}",
               "FID / dense": _fmt(r["ratio_to_dense_mean"]), "matches dense": "yes" if r["matches_dense"] else "no",
               "ticket wins vs scratch / fine-tune": (f"{r['wins_vs_scratch'][0]}/{r['wins_vs_scratch'][1]}, "
@@ -95,7 +96,8 @@ def structured_markdown(rows: Sequence[dict[str, Any]]) -> str:
               if r["kind"] == "ticket" else ""} for r in rows]
     return ("\n## Structured tickets\n\nThe dense network's channels pruned once (per-level ratios for the MAC "
             "reduction), three networks of the small architecture, each trained T steps: the structured ticket "
-            "(theta_0 at the kept channels), scratch (a fresh init; Liu et al. 2019) and fine-tune (the pruned trained "
+            "(theta_0 at the kept channels), scratch (a fresh init; Liu et al. 2019; one network a reduction: the "
+            "per-level ratios fix the architecture whatever the importance) and fine-tune (the pruned trained "
             "weights; Diff-Pruning, Fang et al. 2023). Matches dense: mean FID within dense mean + 1 std.\n\n"
             + markdown_table(table))
 

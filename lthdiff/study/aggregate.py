@@ -273,8 +273,8 @@ def longer_training(base_dir: str | Path, long_dir: str | Path) -> dict[str, Any
 def structured_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The structured arms (:class:`lthdiff.study.arms.Structured`) per MAC reduction, importance and kind: FID mean
     +- std over seeds, FID / dense per seed (the seed's own dense network), whether the mean stays within dense mean
-    + 1 std (matches), the seeds the structured ticket wins against scratch and against fine-tune, and the MACs and
-    parameters of the small architecture."""
+    + 1 std (matches), the seeds the structured ticket wins against scratch (one network per reduction, importance
+    None) and against its importance's fine-tune, and the MACs of the small architecture."""
     from .arms import STRUCTURED_KINDS, variant_class
 
     dense = {x["seed"]: x["fid"] for x in rows if x["round"] == 0 and x["variant"] == "ticket"}
@@ -286,7 +286,7 @@ def structured_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             arm = variant_class(x["variant"], 0)
             groups.setdefault((arm.reduction, arm.importance, arm.kind), {})[x["seed"]] = x
     out = []
-    for (red, imp, kind), by_seed in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1],
+    for (red, imp, kind), by_seed in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "",
                                                                              STRUCTURED_KINDS.index(kv[0][2]))):
         fids = [x["fid"] for x in by_seed.values()]
         ratios = {s: x["fid"] / dense[s] for s, x in by_seed.items() if s in dense}
@@ -297,7 +297,7 @@ def structured_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                "macs_ratio": next(iter(by_seed.values())).get("macs_ratio")}
         if kind == "ticket":
             for other in ("scratch", "finetune"):
-                o = groups.get((red, imp, other), {})
+                o = groups.get((red, None if other == "scratch" else imp, other), {})
                 common = [s for s in by_seed if s in o]
                 row[f"wins_vs_{other}"] = (sum(by_seed[s]["fid"] < o[s]["fid"] for s in common), len(common))
         out.append(row)

@@ -18,7 +18,8 @@ trains it (start weights, mask, steps, run folder), and what it records for the 
   with each of ``structured_importances`` (:func:`lthdiff.pruners.channels.ticket`), three networks of the same
   small architecture each: the structured ticket (theta_0 at the kept channels), scratch (a fresh init; Liu et al.
   2019, "Rethinking the value of network pruning") and fine-tune (the pruned trained weights; Fang et al. 2023,
-  Diff-Pruning), every one trained T steps.  Variants are named ``structured_<kind>_<percent>_<importance>``.
+  Diff-Pruning), every one trained T steps.  Variants are named ``structured_<kind>_<percent>_<importance>``;
+  scratch, the same network for every importance, ``structured_scratch_<percent>``.
 
 To add an arm: one class here, listed in :data:`ARMS`; the plan, the queue, the aggregate follow.
 """
@@ -301,15 +302,22 @@ STRUCTURED_KINDS = ("ticket", "scratch", "finetune")
 
 class Structured(Arm):
     """One network of a structured ticket study: ``kind`` (ticket, scratch, finetune) of the recorded dense network
-    pruned to ``reduction`` fewer MACs with ``importance`` (per-level ratios, :func:`ratio_for_macs`)."""
+    pruned to ``reduction`` fewer MACs with ``importance`` (per-level ratios, :func:`ratio_for_macs`).
+
+    The per-level ratios fix the small architecture whatever the importance, so scratch (a fresh init of it) is one
+    network per reduction, ``importance`` None, named ``structured_scratch_<percent>``; the tickets of every
+    importance are compared with it."""
 
     chain = "structured"
 
-    def __init__(self, kind: str, reduction: float, importance: str) -> None:
+    def __init__(self, kind: str, reduction: float, importance: str | None) -> None:
         if kind not in STRUCTURED_KINDS:
             raise ValueError(f"unknown structured kind {kind!r}; accepted: {', '.join(STRUCTURED_KINDS)}")
+        if (kind == "scratch") != (importance is None):
+            raise ValueError(f"structured {kind} with importance {importance!r}: scratch takes none, "
+                             "ticket and finetune take one")
         self.kind, self.reduction, self.importance = kind, float(reduction), importance
-        self.variant = f"structured_{kind}_{round(100 * self.reduction)}_{importance}"
+        self.variant = f"structured_{kind}_{round(100 * self.reduction)}" + (f"_{importance}" if importance else "")
 
     def rounds(self, settings: dict[str, Any]) -> list[int]:
         return [0]
@@ -327,7 +335,9 @@ class Structured(Arm):
         dense.load_state_dict(R.load_kept_weights(ctx.record_dir / "weights_r00.safetensors",
                                                   ctx.theta0.state_dict(), M.ones(ctx.theta0)))
         ratio = ratio_for_macs(dense, self.reduction, per_level=True)
-        arms = ticket(dense, ctx.theta0, ratio, importance=self.importance, data=ctx.ds, seed=ctx.seed, progress=False)
+        # scratch needs only the architecture, which magnitude (data-free) gives as any importance would
+        arms = ticket(dense, ctx.theta0, ratio, importance=self.importance or "magnitude", data=ctx.ds, seed=ctx.seed,
+                      progress=False)
         start = getattr(arms, self.kind)
         return Job(start, M.ones(start), ctx.settings["steps"], network_dir(ctx.run_dir, 0, self.variant, self.chain), 0,
                    variant=self.variant, desc=f"seed {ctx.seed} {self.variant}",
@@ -337,14 +347,22 @@ class Structured(Arm):
 
 
 def structured_arms(reductions: Sequence[float], importances: Sequence[str]) -> list[Structured]:
-    """The structured networks of a study: every reduction x importance x kind."""
-    return [Structured(k, red, imp) for red in reductions for imp in importances for k in STRUCTURED_KINDS]
+    """The structured networks of a study: per reduction, the ticket and fine-tune of every importance and one
+    scratch network (after the first importance's ticket)."""
+    out = []
+    for red in reductions:
+        for i, imp in enumerate(importances):
+            out.append(Structured("ticket", red, imp))
+            if i == 0:
+                out.append(Structured("scratch", red, None))
+            out.append(Structured("finetune", red, imp))
+    return out
 
 
 def _parse_structured(variant: str) -> Structured | None:
     parts = variant.split("_")
-    if len(parts) >= 4 and parts[0] == "structured" and parts[1] in STRUCTURED_KINDS and parts[2].isdigit():
-        return Structured(parts[1], int(parts[2]) / 100, "_".join(parts[3:]))
+    if len(parts) >= 3 and parts[0] == "structured" and parts[1] in STRUCTURED_KINDS and parts[2].isdigit():
+        return Structured(parts[1], int(parts[2]) / 100, "_".join(parts[3:]) or None)
     return None
 
 

@@ -29,7 +29,8 @@ def test_structured_arms_start_where_their_definitions_say_and_aggregate(tmp_pat
     assert study_cli("run", cfg, "--records", tmp_path / "rec", "--run-root", tmp_path / "runs") == 0
     rec = tmp_path / "rec" / "s" / "seed_1"
     names = sorted(p.name for p in rec.glob("r00_structured_*.json"))
-    assert names == [f"r00_structured_{k}_50_magnitude.json" for k in ("finetune", "scratch", "ticket")]
+    assert names == ["r00_structured_finetune_50_magnitude.json", "r00_structured_scratch_50.json",
+                     "r00_structured_ticket_50_magnitude.json"]
     # independently: the recorded dense weights, pruned by the library's channel pruner
     theta0 = unet("tiny", seed=1)
     dense = unet("tiny", seed=1)
@@ -38,18 +39,41 @@ def test_structured_arms_start_where_their_definitions_say_and_aggregate(tmp_pat
                   data=load_dataset("digits", image_size=16), seed=1, progress=False)
     spec = load_spec(cfg, records=tmp_path / "rec", run_root=tmp_path / "fresh")
     ctx = SeedContext(spec.config, spec.settings, 1, rec, tmp_path / "fresh" / "seed_1")
-    for kind in ("ticket", "scratch", "finetune"):
-        job = variant_class(f"structured_{kind}_50_magnitude", 0).job(ctx, 0)
+    variants = {k: f"structured_{k}_50" + ("" if k == "scratch" else "_magnitude") for k in ("ticket", "scratch", "finetune")}
+    for kind, variant in variants.items():
+        job = variant_class(variant, 0).job(ctx, 0)
         assert _same(job.start, getattr(arms, kind)), kind
-        row = json.loads((rec / f"r00_structured_{kind}_50_magnitude.json").read_text())
+        row = json.loads((rec / f"r00_{variant}.json").read_text())
         assert row["macs_ratio"] == pytest.approx(config_macs(job.start) / config_macs(theta0)) and row["macs_ratio"] <= 0.52
         assert row["steps"] == 20 and row["sparsity"] == 0.0
     assert not _same(arms.ticket, arms.scratch) and not _same(arms.ticket, arms.finetune)
     agg = A.aggregate_records(tmp_path / "rec" / "s")
     rows = {r["kind"]: r for r in agg["structured"]}
-    fid = {k: json.loads((rec / f"r00_structured_{k}_50_magnitude.json").read_text())["fid"] for k in rows}
+    fid = {k: json.loads((rec / f"r00_{variants[k]}.json").read_text())["fid"] for k in rows}
     dense_fid = json.loads((rec / "r00_ticket.json").read_text())["fid"]
     assert rows["ticket"]["ratio_to_dense_mean"] == pytest.approx(fid["ticket"] / dense_fid)
     assert rows["ticket"]["wins_vs_scratch"] == (int(fid["ticket"] < fid["scratch"]), 1)
     assert rows["ticket"]["wins_vs_finetune"] == (int(fid["ticket"] < fid["finetune"]), 1)
     assert rows["scratch"]["matches_dense"] == (fid["scratch"] <= dense_fid)
+
+
+def test_one_scratch_network_a_reduction_and_the_architecture_is_the_importances_own():
+    """Scratch is shared by the importances of a reduction because per-level ratios fix the architecture: checked
+    by pruning one UNet with magnitude and with Taylor importance; the plan holds one scratch per reduction."""
+    from lthdiff.study.arms import plan, structured_arms
+
+    arms_ = structured_arms([0.5, 0.75], ["magnitude", "taylor"])
+    variants = [a.variant for a in arms_]
+    assert len(variants) == len(set(variants)) == 2 * (2 * 2 + 1)
+    assert [v for v in variants if "scratch" in v] == ["structured_scratch_50", "structured_scratch_75"]
+    assert all(variant_class(v, 0).variant == v for v in variants)  # names parse back to the same network
+    assert plan({"schedule": [0.5]}, ["structured"], arms_) == [(0, v) for v in variants]
+    trained, theta0 = unet("tiny", seed=3), unet("tiny", seed=4)
+    ds = load_dataset("digits", image_size=16)
+    ratio = ratio_for_macs(trained, 0.75, per_level=True)
+    mag = ticket(trained, theta0, ratio, importance="magnitude", seed=0, progress=False)
+    tay = ticket(trained, theta0, ratio, importance="taylor", data=ds, seed=0, progress=False)
+    assert dict(mag.scratch.config) == dict(tay.scratch.config) and _same(mag.scratch, tay.scratch)
+    assert not _same(mag.ticket, tay.ticket)  # the importances do keep other channels
+    with pytest.raises(ValueError, match="scratch takes none"):
+        variant_class("structured_scratch_50_taylor", 0)
