@@ -83,6 +83,17 @@ def overlap_markdown(rows: Sequence[dict[str, Any]]) -> str:
             "densities.\n\n" + markdown_table(table))
 
 
+def _check(row: dict[str, Any]) -> str:
+    """A structured ticket's convergence check in one cell: mean FID change T -> 1.5 T, seeds within tolerance."""
+    if row["kind"] != "ticket":
+        return ""
+    o = row.get("convergence_overall")
+    if not o:
+        return "not run yet"
+    return (f"{o['delta_mean']:+.3f} ± {o['delta_std']:.3f} ({o['seeds_within']}/{o['seeds']} seeds within; "
+            f"{'converged' if o['converged'] else 'not converged'} on average)")
+
+
 def structured_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The structured arms' table (:func:`lthdiff.study.aggregate.structured_table`), or nothing."""
     if not rows:
@@ -93,12 +104,14 @@ def structured_markdown(rows: Sequence[dict[str, Any]]) -> str:
               "FID / dense": _fmt(r["ratio_to_dense_mean"]), "matches dense": "yes" if r["matches_dense"] else "no",
               "ticket wins vs scratch / fine-tune": (f"{r['wins_vs_scratch'][0]}/{r['wins_vs_scratch'][1]}, "
                                                      f"{r['wins_vs_finetune'][0]}/{r['wins_vs_finetune'][1]}")
-              if r["kind"] == "ticket" else ""} for r in rows]
+              if r["kind"] == "ticket" else "", "FID change T -> 1.5 T": _check(r)} for r in rows]
     return ("\n## Structured tickets\n\nThe dense network's channels pruned once (per-level ratios for the MAC "
             "reduction), three networks of the small architecture, each trained T steps: the structured ticket "
             "(theta_0 at the kept channels), scratch (a fresh init; Liu et al. 2019; one network a reduction: the "
             "per-level ratios fix the architecture whatever the importance) and fine-tune (the pruned trained "
-            "weights; Diff-Pruning, Fang et al. 2023). Matches dense: mean FID within dense mean + 1 std.\n\n"
+            "weights; Diff-Pruning, Fang et al. 2023). Matches dense: mean FID within dense mean + 1 std. The "
+            "ticket gets dense's convergence check: trained on to 1.5 T, converged when the mean FID moves by at most "
+            "max(dense FID std, 5 %) and the late loss by at most 5 %.\n\n"
             + markdown_table(table))
 
 

@@ -19,7 +19,7 @@ from . import records as R
 from .arms import ARMS, mask_name, plan
 from .spec import RECORDED
 
-__all__ = ["loss_plateau", "converged", "aggregate_records", "mask_overlap", "recorded_study", "to_registry",
+__all__ = ["loss_plateau", "converged", "convergence", "convergence_overall", "aggregate_records", "mask_overlap", "recorded_study", "to_registry",
            "longer_training", "structured_table"]
 
 CHAINS = ("continue", "late")  # the arms beside the ticket's IMP chain, one network per pruned round
@@ -48,6 +48,44 @@ def converged(fid_before: float, fid_after: float, loss_ratio: float, fid_tolera
     return abs(fid_after - fid_before) <= fid_tolerance and abs(1 - loss_ratio) <= loss_tolerance
 
 
+def convergence(seed: int, at_t: dict[str, Any], half: dict[str, Any] | None, cont: dict[str, Any] | None,
+                std: float) -> dict[str, Any]:
+    """One seed's convergence check of a network from its rows at T, T/2 and 1.5 T (either may be missing): FID at
+    each, the mean loss over the last 10 % of 1.5 T against that of T, and :func:`converged` with tolerance
+    max(``std``, 5 % of FID(T)) (``std``: dense FID's std over seeds)."""
+    c = {"seed": seed, "steps": at_t["steps"], "fid_T": at_t["fid"], "kid_test_T": at_t.get("kid_test"),
+         "fid_half": half["fid"] if half else None, "fid_1.5T": cont["fid"] if cont else None,
+         "kid_test_1.5T": cont.get("kid_test") if cont else None}
+    if cont:
+        w = max(1, len(cont["loss_per_100_steps"]) // 10)  # 100-step means: a 10 % window of 1.5 T ...
+        wt = max(1, len(at_t["loss_per_100_steps"]) // 10)  # ... and of T
+        late = statistics.mean(cont["loss_per_100_steps"][-w:])
+        now = statistics.mean(at_t["loss_per_100_steps"][-wt:])
+        c.update({"loss_last10_T": now, "loss_last10_1.5T": late, "loss_ratio": late / now,
+                  "fid_tolerance": max(std, 0.05 * at_t["fid"])})
+        c["converged"] = converged(at_t["fid"], cont["fid"], c["loss_ratio"], c["fid_tolerance"])
+    return c
+
+
+def convergence_overall(conv: Sequence[dict[str, Any]], std: float) -> dict[str, Any] | None:
+    """The study-level check over the seeds of :func:`convergence` that have 1.5 T: the mean FID change T -> 1.5 T
+    (with its std), the worst loss ratio, the seeds within tolerance, and :func:`converged` on the means."""
+    both = [c for c in conv if c.get("fid_1.5T") is not None]
+    if not both:
+        return None
+    # Per seed, FID of one network at two nearby checkpoints moves by about the seed-to-seed std (in
+    # both directions), so the study-level question is whether training longer helps *on average*.
+    deltas = [c["fid_1.5T"] - c["fid_T"] for c in both]
+    fid_t = statistics.mean(c["fid_T"] for c in both)
+    ratio = max((c["loss_ratio"] for c in both), key=lambda r: abs(1 - r))
+    overall = {"seeds": len(both), "fid_T_mean": fid_t, "fid_1.5T_mean": statistics.mean(c["fid_1.5T"] for c in both),
+               "delta_mean": statistics.mean(deltas), "delta_std": statistics.stdev(deltas) if len(deltas) > 1 else 0.0,
+               "deltas": deltas, "fid_tolerance": max(std, 0.05 * fid_t), "worst_loss_ratio": ratio,
+               "seeds_within": sum(bool(c["converged"]) for c in both)}
+    overall["converged"] = converged(fid_t, overall["fid_1.5T_mean"], ratio, overall["fid_tolerance"])
+    return overall
+
+
 def aggregate_records(study_dir: str | Path) -> dict[str, Any]:
     """The study's summary from its records alone (see the module doc); refuses mixed settings."""
     study_dir = Path(study_dir)
@@ -66,34 +104,10 @@ def aggregate_records(study_dir: str | Path) -> dict[str, Any]:
     conv = []
     for d, st in zip(dirs, settings):
         by = {(x["round"], x["variant"]): x for x in R.read_networks(d)}
-        dense, half, cont = by.get((0, "ticket")), by.get((0, "dense_half")), by.get((0, "dense_continued"))
-        if dense is None:
-            continue
-        c = {"seed": st["seed"], "steps": dense["steps"], "fid_T": dense["fid"], "kid_test_T": dense.get("kid_test"),
-             "fid_half": half["fid"] if half else None, "fid_1.5T": cont["fid"] if cont else None,
-             "kid_test_1.5T": cont.get("kid_test") if cont else None}
-        if cont:
-            w = max(1, len(cont["loss_per_100_steps"]) // 10)  # 100-step means: a 10 % window of 1.5 T ...
-            wt = max(1, len(dense["loss_per_100_steps"]) // 10)  # ... and of T
-            late = statistics.mean(cont["loss_per_100_steps"][-w:])
-            at_t = statistics.mean(dense["loss_per_100_steps"][-wt:])
-            c.update({"loss_last10_T": at_t, "loss_last10_1.5T": late, "loss_ratio": late / at_t,
-                      "fid_tolerance": max(dense_std, 0.05 * dense["fid"])})
-            c["converged"] = converged(dense["fid"], cont["fid"], c["loss_ratio"], c["fid_tolerance"])
-        conv.append(c)
-    both = [c for c in conv if c.get("fid_1.5T") is not None]
-    overall = None
-    if both:
-        # Per seed, FID of one network at two nearby checkpoints moves by about the seed-to-seed std (in
-        # both directions), so the study-level question is whether training longer helps *on average*.
-        deltas = [c["fid_1.5T"] - c["fid_T"] for c in both]
-        fid_t = statistics.mean(c["fid_T"] for c in both)
-        ratio = max((c["loss_ratio"] for c in both), key=lambda r: abs(1 - r))
-        overall = {"seeds": len(both), "fid_T_mean": fid_t, "fid_1.5T_mean": statistics.mean(c["fid_1.5T"] for c in both),
-                   "delta_mean": statistics.mean(deltas), "delta_std": statistics.stdev(deltas) if len(deltas) > 1 else 0.0,
-                   "deltas": deltas, "fid_tolerance": max(dense_std, 0.05 * fid_t), "worst_loss_ratio": ratio,
-                   "seeds_within": sum(bool(c["converged"]) for c in both)}
-        overall["converged"] = converged(fid_t, overall["fid_1.5T_mean"], ratio, overall["fid_tolerance"])
+        if (0, "ticket") in by:
+            conv.append(convergence(st["seed"], by[(0, "ticket")], by.get((0, "dense_half")),
+                                    by.get((0, "dense_continued")), dense_std))
+    overall = convergence_overall(conv, dense_std)
     init = {}
     for x in (x for x in rows if x["variant"] in ("ticket", *controls)):
         key = (round(x["sparsity"], 3), "dense" if x["round"] == 0 else x["variant"])
@@ -274,17 +288,21 @@ def structured_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The structured arms (:class:`lthdiff.study.arms.Structured`) per MAC reduction, importance and kind: FID mean
     +- std over seeds, FID / dense per seed (the seed's own dense network), whether the mean stays within dense mean
     + 1 std (matches), the seeds the structured ticket wins against scratch (one network per reduction, importance
-    None) and against its importance's fine-tune, and the MACs of the small architecture."""
-    from .arms import STRUCTURED_KINDS, variant_class
+    None) and against its importance's fine-tune, the MACs of the small architecture, and for the ticket the
+    convergence check dense gets (:func:`convergence` per seed and :func:`convergence_overall`; FID at T/2 and
+    1.5 T from its ``half`` and ``continued`` networks)."""
+    from .arms import STRUCTURED_CHECKS, STRUCTURED_KINDS, variant_class
 
     dense = {x["seed"]: x["fid"] for x in rows if x["round"] == 0 and x["variant"] == "ticket"}
     bound = (statistics.mean(dense.values()) + (statistics.stdev(dense.values()) if len(dense) > 1 else 0.0)) \
         if dense else None
+    std = statistics.stdev(dense.values()) if len(dense) > 1 else 0.0
     groups: dict[tuple[float, str, str], dict[int, dict[str, Any]]] = {}
     for x in rows:
         if x["round"] == 0 and x["variant"].startswith("structured_"):
             arm = variant_class(x["variant"], 0)
             groups.setdefault((arm.reduction, arm.importance, arm.kind), {})[x["seed"]] = x
+    checks = {k: groups.pop(k) for k in [k for k in groups if k[2] in STRUCTURED_CHECKS]}
     out = []
     for (red, imp, kind), by_seed in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "",
                                                                              STRUCTURED_KINDS.index(kv[0][2]))):
@@ -296,6 +314,9 @@ def structured_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                "matches_dense": bound is not None and statistics.mean(fids) <= bound,
                "macs_ratio": next(iter(by_seed.values())).get("macs_ratio")}
         if kind == "ticket":
+            conv = [convergence(s, x, checks.get((red, imp, "half"), {}).get(s),
+                                checks.get((red, imp, "continued"), {}).get(s), std) for s, x in sorted(by_seed.items())]
+            row["convergence"], row["convergence_overall"] = conv, convergence_overall(conv, std)
             for other in ("scratch", "finetune"):
                 o = groups.get((red, None if other == "scratch" else imp, other), {})
                 common = [s for s in by_seed if s in o]

@@ -37,7 +37,7 @@ from lthdiff.lottery.runs import network_dir, snapshot_dir
 from . import records as R
 
 __all__ = ["LATE_FRACTION", "Arm", "Dense", "DenseHalf", "DenseContinued", "Ticket", "Late", "Continue", "Control",
-           "Structured", "STRUCTURED_KINDS", "structured_arms",
+           "Structured", "STRUCTURED_KINDS", "STRUCTURED_CHECKS", "structured_arms",
            "ARMS", "STUDY_CONTROLS", "mask_dir", "check_arms", "variant_class", "plan", "mask_name", "late_rewind_step"]
 
 LATE_FRACTION = 20  # K = T // 20: 5 % of training, inside Frankle et al. 2019's 0.1-7 %
@@ -102,7 +102,7 @@ class Arm:
         return [(r - 1, self.chain if r > 1 else "ticket")]
 
     def job(self, ctx: Any, r: int) -> Any:
-        """A :class:`Job`, or for a network that is only scored, ``(ema model, losses, steps)``."""
+        """A :class:`Job`, or for a network that is only scored, ``(ema model, losses, steps[, its start])``."""
         raise NotImplementedError
 
     def after(self, ctx: Any, r: int, info: Any) -> dict[str, Any]:
@@ -298,11 +298,15 @@ class Control(Arm):
 
 
 STRUCTURED_KINDS = ("ticket", "scratch", "finetune")
+# the structured ticket's convergence check, as dense's: its EMA at T/2 (a snapshot of its run) and the ticket
+# continued from its last checkpoint to 1.5 T
+STRUCTURED_CHECKS = ("half", "continued")
 
 
 class Structured(Arm):
     """One network of a structured ticket study: ``kind`` (ticket, scratch, finetune) of the recorded dense network
-    pruned to ``reduction`` fewer MACs with ``importance`` (per-level ratios, :func:`ratio_for_macs`).
+    pruned to ``reduction`` fewer MACs with ``importance`` (per-level ratios, :func:`ratio_for_macs`), or one of
+    the ticket's convergence checks (``half``: its EMA at T/2; ``continued``: trained on to 1.5 T).
 
     The per-level ratios fix the small architecture whatever the importance, so scratch (a fresh init of it) is one
     network per reduction, ``importance`` None, named ``structured_scratch_<percent>``; the tickets of every
@@ -311,24 +315,33 @@ class Structured(Arm):
     chain = "structured"
 
     def __init__(self, kind: str, reduction: float, importance: str | None) -> None:
-        if kind not in STRUCTURED_KINDS:
-            raise ValueError(f"unknown structured kind {kind!r}; accepted: {', '.join(STRUCTURED_KINDS)}")
+        if kind not in STRUCTURED_KINDS + STRUCTURED_CHECKS:
+            raise ValueError(f"unknown structured kind {kind!r}; accepted: "
+                             f"{', '.join(STRUCTURED_KINDS + STRUCTURED_CHECKS)}")
         if (kind == "scratch") != (importance is None):
             raise ValueError(f"structured {kind} with importance {importance!r}: scratch takes none, "
-                             "ticket and finetune take one")
+                             "the other kinds take one")
         self.kind, self.reduction, self.importance = kind, float(reduction), importance
-        self.variant = f"structured_{kind}_{round(100 * self.reduction)}" + (f"_{importance}" if importance else "")
+        self.variant = self._name(kind)
+
+    def _name(self, kind: str) -> str:
+        return f"structured_{kind}_{round(100 * self.reduction)}" + (f"_{self.importance}" if self.importance else "")
+
+    def _dir(self, ctx: Any, kind: str) -> Path:
+        return network_dir(ctx.run_dir, 0, self._name(kind), self.chain)
 
     def rounds(self, settings: dict[str, Any]) -> list[int]:
         return [0]
 
     def ready(self, settings: dict[str, Any], rec: Path, r: int) -> bool:
+        if self.kind in STRUCTURED_CHECKS:
+            return (rec / R.network_name(0, self._name("ticket"))).exists()
         return (rec / "weights_r00.safetensors").exists()
 
     def deps(self, settings: dict[str, Any], r: int) -> list[tuple[int, str]]:
-        return [(0, "ticket")]
+        return [(0, self._name("ticket") if self.kind in STRUCTURED_CHECKS else "ticket")]
 
-    def job(self, ctx: Any, r: int) -> Job:
+    def job(self, ctx: Any, r: int) -> Any:
         from lthdiff.pruners.channels import config_macs, ratio_for_macs, ticket
 
         dense = copy.deepcopy(ctx.theta0)  # the recorded trained dense weights (raw), not retrained here
@@ -338,9 +351,25 @@ class Structured(Arm):
         # scratch needs only the architecture, which magnitude (data-free) gives as any importance would
         arms = ticket(dense, ctx.theta0, ratio, importance=self.importance or "magnitude", data=ctx.ds, seed=ctx.seed,
                       progress=False)
-        start = getattr(arms, self.kind)
-        return Job(start, M.ones(start), ctx.settings["steps"], network_dir(ctx.run_dir, 0, self.variant, self.chain), 0,
-                   variant=self.variant, desc=f"seed {ctx.seed} {self.variant}",
+        start = getattr(arms, "ticket" if self.kind in STRUCTURED_CHECKS else self.kind)
+        t, tdir, half = ctx.settings["steps"], self._dir(ctx, "ticket"), snapshot_dir(ctx.run_dir, self._name("half"))
+        kw: dict[str, Any] = {}
+        steps = t
+        if self.kind == "ticket":
+            kw = {"snapshots": {t // 2: half}, "keep_checkpoint": True}
+        elif self.kind == "half":
+            from lthdiff.lottery.network import snapshot_ema_dir
+            from lthdiff.lottery.runs import read_losses
+            from lthdiff.models.unets import load_model
+
+            if half.exists() and (tdir / "summary.json").exists():
+                return load_model(snapshot_ema_dir(half)), read_losses(tdir)[:t // 2], t // 2, start
+            steps = t // 2  # deterministic: the same network as the ticket's run at T/2
+        elif self.kind == "continued":
+            steps = t * 3 // 2
+            kw = {"continues": tdir if (tdir / "ckpt" / "latest.json").exists() else None}
+        return Job(start, M.ones(start), steps, self._dir(ctx, self.kind), 0, variant=self.variant,
+                   desc=f"seed {ctx.seed} {self.variant}", **kw,
                    extra={"macs_ratio": config_macs(start) / config_macs(ctx.theta0),
                           "block_out_channels": list(start.config.block_out_channels),
                           "params": sum(p.numel() for p in start.parameters())})
@@ -348,20 +377,22 @@ class Structured(Arm):
 
 def structured_arms(reductions: Sequence[float], importances: Sequence[str]) -> list[Structured]:
     """The structured networks of a study: per reduction, the ticket and fine-tune of every importance and one
-    scratch network (after the first importance's ticket)."""
-    out = []
+    scratch network (after the first importance's ticket); then every ticket's convergence check (T/2, 1.5 T)."""
+    out, checks = [], []
     for red in reductions:
         for i, imp in enumerate(importances):
             out.append(Structured("ticket", red, imp))
             if i == 0:
                 out.append(Structured("scratch", red, None))
             out.append(Structured("finetune", red, imp))
-    return out
+            checks += [Structured(k, red, imp) for k in STRUCTURED_CHECKS]
+    return out + checks
 
 
 def _parse_structured(variant: str) -> Structured | None:
     parts = variant.split("_")
-    if len(parts) >= 3 and parts[0] == "structured" and parts[1] in STRUCTURED_KINDS and parts[2].isdigit():
+    if len(parts) >= 3 and parts[0] == "structured" and parts[1] in STRUCTURED_KINDS + STRUCTURED_CHECKS \
+            and parts[2].isdigit():
         return Structured(parts[1], int(parts[2]) / 100, "_".join(parts[3:]) or None)
     return None
 

@@ -116,10 +116,11 @@ def run_network(ctx: SeedContext, r: int, variant: str) -> dict[str, Any]:
         extra.pop("target_sparsity", None)
         mask = job.mask
         extra.update(arm.after(ctx, r, info))
-    else:  # a snapshot of another network, only scored
-        ema, losses, steps = job
-        seconds, mask, extra = float("nan"), M.ones(ctx.theta0), {"from_snapshot": True}
-        at_init = loss_at_start(ctx.theta0, ctx.ds, mask, seed=0)
+    else:  # a snapshot of another network, only scored: (ema, losses, steps[, the network's start])
+        ema, losses, steps, *start = job
+        start = start[0] if start else ctx.theta0
+        seconds, mask, extra = float("nan"), M.ones(start), {"from_snapshot": True}
+        at_init = loss_at_start(start, ctx.ds, mask, seed=0)
     trained_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     scores = score(ctx, ema)
