@@ -120,6 +120,15 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default="matching_vs_width.png", help="the figure (PNG)")
     q.add_argument("--readme", default=None, metavar="FILE",
                    help="put the summary between <!-- widths --> and <!-- /widths --> in FILE")
+    q = ss.add_parser("structured", help="structured tickets vs scratch vs fine-tune: the figure and answer of a "
+                      "study's structured arm, with the sampling speed of each architecture")
+    q.add_argument("name", nargs="?", default="quality_digits_converged",
+                   help="a recorded study or a records folder (default: quality_digits_converged)")
+    q.add_argument("--serving", default=None, metavar="JSON",
+                   help="a `python -m lthdiff.bench serving` result (default: the recorded one)")
+    q.add_argument("--out", default="structured_tickets.png", help="the figure (PNG)")
+    q.add_argument("--readme", default=None, metavar="FILE",
+                   help="put the answer between <!-- structured --> and <!-- /structured --> in FILE")
     return ap
 
 
@@ -161,6 +170,8 @@ def _study(args: argparse.Namespace) -> int:
         return 0
     if args.study_command == "widths":
         return _widths(args)
+    if args.study_command == "structured":
+        return _structured(args)
     d = Path(args.dir)
     if not study.records.seed_dirs(d):
         raise ValueError(f"{d} holds no seed_<N>/ records: not a study's records folder")
@@ -203,6 +214,32 @@ def _widths(args: argparse.Namespace) -> int:
     print(text)
     if args.readme:
         update_readme(args.readme, text, tag="widths")
+    print(f"[lthdiff] figure {args.out}")
+    return 0
+
+
+def _structured(args: argparse.Namespace) -> int:
+    import json
+
+    from lthdiff import study
+    from lthdiff.reporting import plots
+    from lthdiff.reporting.study import structured_answer, update_readme
+
+    agg = study.recorded_study(args.name)
+    if agg is None or not agg.get("structured"):
+        raise ValueError(f"{args.name!r} holds no recorded structured network: nothing to plot (run its arm "
+                         "'structured' first: lthdiff study run CONFIG)")
+    # the recorded benchmark is read as a file: the library does not import the benchmarks (tests/test_layers.py)
+    serving = json.loads(Path(args.serving or Path(__file__).resolve().parent / "bench" / "results" / "serving.json")
+                         .read_text())
+    fig = plots.structured_study(agg)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110, bbox_inches="tight")
+    plots.close(fig)
+    text = structured_answer(agg["structured"], serving)
+    print(text)
+    if args.readme:
+        update_readme(args.readme, text, tag="structured")
     print(f"[lthdiff] figure {args.out}")
     return 0
 

@@ -16,12 +16,12 @@ from typing import Any, Mapping, Sequence
 from .figure_base import axes as _axes
 from .figure_base import close, data_uri, readable_log_axis as _readable_log_axis, to_png
 from .plots_results import (JIANG_PARAMS, VARIANT_LABELS, classic_accuracy, mask_distance_curve, matching_vs_width,
-                            plot_accuracy, quality_vs_sparsity, structured_tickets)
+                            plot_accuracy, quality_vs_sparsity, structured_study, structured_tickets)
 
 __all__ = ["loss_curve", "loss_panels", "sparsity_curve", "sparsity_curve_interactive", "with_static", "WithStatic",
            "sparsity_heatmap", "image_panels", "to_png", "data_uri", "close", "plot_accuracy", "quality_vs_sparsity",
            "VARIANT_LABELS", "classic_accuracy", "mask_distance_curve", "structured_tickets", "matching_vs_width",
-           "JIANG_PARAMS"]
+           "JIANG_PARAMS", "structured_study"]
 
 # Frankle & Carbin plot tickets against the percentage of weights remaining on a log axis
 _REMAINING = "weights remaining (%)"

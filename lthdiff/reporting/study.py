@@ -10,7 +10,7 @@ from lthdiff.study.arms import LATE_FRACTION, late_rewind_step
 from .tables import markdown_table
 
 __all__ = ["markdown", "study_summary", "update_readme", "overlap_markdown", "structured_markdown", "as_bullets",
-           "width_summary"]
+           "width_summary", "structured_answer"]
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -239,6 +239,57 @@ def width_summary(studies: Sequence[dict[str, Any]], claim_params: float = 35.7e
         reach = (f"{len(done)} complete width(s) so far: too few for a trend, and nothing about 99 % at "
                  f"{claim_params / 1e6:.3g}M parameters.")
     return "\n".join(lines) + "\n\n" + reach
+
+
+def _speed(serving: dict[str, Any], reduction: float, batch: int, threads: int) -> dict[str, Any] | None:
+    """Whole DDIM sampling of the pruned UNet at ``reduction`` against dense, each in its fastest runtime, from a
+    ``python -m lthdiff.bench serving`` result: p50 latency of both, images/s of both, dense p50 / pruned p50."""
+    fastest = {r["model"]: r for r in serving.get("fastest", []) if r["batch"] == batch and r["threads"] == threads
+               and r["what"].endswith("sample")}
+    dense, pruned = fastest.get("dense"), fastest.get(f"-{round(100 * reduction)}% MACs")
+    if not dense or not pruned:
+        return None
+    return {"dense": dense, "pruned": pruned, "speedup": dense["p50_s"] / pruned["p50_s"]}
+
+
+def structured_answer(rows: Sequence[dict[str, Any]], serving: dict[str, Any] | None = None, threads: int = 1) -> str:
+    """Issue 34's answer from the structured table (:func:`lthdiff.study.aggregate.structured_table`) and the serving
+    benchmark: per MAC reduction and arm, FID / dense (seeds, whether it matches dense, the ticket's convergence
+    check) and the sampling speed of that architecture at batch 1 and 64 on a CPU (latency and throughput, each
+    model in its fastest runtime, ``threads`` torch/ORT threads); then which arm does best and whether any network
+    reaches the goal (>= 50 % fewer MACs, within dense + 1 std, batch-1 sampling <= 0.6x dense's)."""
+    if not rows:
+        return "No structured network is recorded yet."
+    lines, goal = [], []
+    for red in sorted({r["reduction"] for r in rows}):
+        level = [r for r in rows if r["reduction"] == red]
+        reached = 1 - (level[0]["macs_ratio"] or (1 - red))
+        speed = [(b, _speed(serving or {}, red, b, threads)) for b in (1, 64)]
+        said = "; ".join(f"batch {b}: {sp['pruned']['p50_s'] * 1e3:.3g} ms vs dense {sp['dense']['p50_s'] * 1e3:.3g} ms "
+                         f"({sp['speedup']:.2f}x faster, {sp['pruned']['images_per_s']:.3g} vs "
+                         f"{sp['dense']['images_per_s']:.3g} images/s; {sp['pruned']['fastest']} vs "
+                         f"{sp['dense']['fastest']})" for b, sp in speed if sp)
+        lines.append(f"- **{reached:.0%} fewer MACs** (target {red:.0%}). Whole DDIM-10 sampling on a CPU, "
+                     f"{threads} thread, each model in its fastest runtime: " + (said or "not benchmarked") + ".")
+        for r in level:
+            name = r["kind"] + (f" ({r['importance']})" if r["importance"] else "")
+            conv = ""
+            if r["kind"] == "ticket":
+                o = r.get("convergence_overall")
+                conv = (f"; T -> 1.5 T FID change {o['delta_mean']:+.3f} ± {o['delta_std']:.3f} over {o['seeds']} seeds, "
+                        f"{'converged' if o['converged'] else 'not converged'} on average") if o else \
+                    "; convergence check not recorded yet"
+            lines.append(f"  - {name}: FID {_fmt(r['ratio_to_dense_mean'])}x dense ({r['seeds']} seeds), "
+                         f"{'matches' if r['matches_dense'] else 'misses'} dense{conv}")
+            b1 = dict(speed).get(1)
+            if r["matches_dense"] and red >= 0.5 and b1 and 1 / b1["speedup"] <= 0.6:
+                goal.append(f"{name} at {reached:.0%} fewer MACs")
+        best = min(level, key=lambda r: r["ratio_to_dense_mean"] if r["ratio_to_dense_mean"] is not None else math.inf)
+        lines.append(f"  - best at this level: {best['kind']}" + (f" ({best['importance']})" if best["importance"] else "")
+                     + f", FID {_fmt(best['ratio_to_dense_mean'])}x dense")
+    lines.append("- Goal (>= 50 % fewer MACs, FID within dense + 1 std, batch-1 sampling <= 0.6x dense's): "
+                 + (f"reached by {', '.join(goal)}." if goal else "not reached by any recorded network."))
+    return "\n".join(lines)
 
 
 def update_readme(path: str | Path, summary: str, tag: str = "study") -> Path:
