@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import records as R
-from .arms import plan, variant_class
+from .arms import plan, structured_arms, variant_class
 from .spec import StudySpec, prepare_records
 
 __all__ = ["left", "take_lock", "held", "work", "run_local", "status"]
@@ -155,15 +155,21 @@ def _most(values: list[Any]) -> Any:
 def status(study_dir: str | Path, run_root: str | Path | None = None) -> list[dict[str, Any]]:
     """Per seed of a records folder: networks recorded, running (a live lock in ``run_root``) and left, the
     measured seconds a network (median of the trained ones), an estimate of the time left on one worker, and
-    the networks trained on another device, CPU or thread count than the rest of the seed."""
+    the networks trained on another device, CPU or thread count than the rest of the seed.  A seed's plan is read
+    from its records: the arms it has networks of (a structured level or importance none of whose networks is
+    recorded yet is not counted)."""
     study_dir = Path(study_dir)
     out = []
     for d in R.seed_dirs(study_dir):
         st = R.read_settings(d)
-        arms = ["ticket"] + [a for a in ("late", "continue") if any(x["variant"] == a for x in R.read_networks(d))]
         rows = R.read_networks(d)
+        arms = ["ticket"] + [a for a in ("late", "continue") if any(x["variant"] == a for x in rows)]
+        # the records hold no config: the structured levels and importances are those a recorded network names
+        found = [variant_class(x["variant"], 0) for x in rows if x["round"] == 0 and x["variant"].startswith("structured_")]
+        structured = structured_arms(sorted({a.reduction for a in found}),
+                                     list(dict.fromkeys(a.importance for a in found if a.importance)))
         done = {(int(x["round"]), x["variant"]) for x in rows}
-        todo = [n for n in plan(st, arms) if n not in done]
+        todo = [n for n in plan(st, arms + ["structured"] * bool(structured), structured) if n not in done]
         secs = [x["wall_seconds_this_piece"] for x in rows if isinstance(x.get("wall_seconds_this_piece"), (int, float))
                 and x.get("train_seconds") == x.get("train_seconds")]  # NaN train time: a snapshot, not trained
         per = statistics.median(secs) if secs else None

@@ -104,3 +104,12 @@ def test_cli_writes_the_figure_and_the_readme_block_and_refuses_a_study_without_
     t = next(r for r in agg["structured"] if r["kind"] == "ticket" and r["reduction"] == 0.5)
     assert f"FID {t['ratio_to_dense_mean']:.3g}x dense" in text
     assert (tmp_path / "f.png").stat().st_size > 10_000
+    # status reads the structured plan from the records: seed 0 lacks what these rows leave out
+    from lthdiff.study import status
+
+    left = {"structured_half_50_magnitude", "structured_half_75_magnitude", "structured_continued_75_magnitude"}
+    (rec / "seed_0" / "r00_structured_ticket_75_magnitude.json").unlink()
+    left.add("structured_ticket_75_magnitude")
+    by_seed = {x["seed"]: x for x in status(rec)}
+    assert by_seed[0]["left"] == len(left) and by_seed[1]["left"] == len(left) - 1
+    assert {v for _, v in by_seed[0]["next"]} <= left
