@@ -10,6 +10,7 @@ from lthdiff.study.arms import LATE_FRACTION, late_rewind_step
 from .tables import markdown_table
 
 __all__ = ["markdown", "study_summary", "update_readme", "overlap_markdown", "structured_markdown", "as_bullets",
+           "memorisation_markdown",
            "width_summary", "structured_answer"]
 
 
@@ -69,7 +70,28 @@ def markdown(name: str, agg: dict[str, Any]) -> str:
             "ticket, the fresh init * m for random reinit, the previous network's trained weights * m for prune and "
             "continue, theta_K * m for late rewinding) on one fixed batch of 256 training images, noise and "
             "timesteps, before any training (predicting zero noise scores about 1).\n\n" + markdown_table(init_rows)
+            + memorisation_markdown(agg.get("memorisation") or [], st["extractor"])
             + overlap_markdown(agg.get("mask_overlap") or []) + structured_markdown(agg.get("structured") or []))
+
+
+def memorisation_markdown(rows: Sequence[dict[str, Any]], extractor: str) -> str:
+    """The memorisation table (:func:`lthdiff.study.aggregate.memorisation_table`), or nothing."""
+    if not rows:
+        return ""
+    cell = lambda r, k: f"{_fmt(r[k + '_mean'], 2)} ± {_fmt(r[k + '_std'], 1)}" if r[k + "_mean"] is not None else "—"  # noqa: E731
+    table = [{"sparsity": f"{r['sparsity']:.1%}", "variant": r["variant"], "seeds": r["seeds"],
+              "closer than test (pixels / features)": f"{cell(r, 'pixels_closer_than_test')} / "
+                                                       f"{cell(r, 'features_closer_than_test')}",
+              "copy rate (pixels / features)": f"{cell(r, 'pixels_copy_rate')} / {cell(r, 'features_copy_rate')}",
+              "NN distance / test's (pixels / features)": f"{cell(r, 'pixels_nn_ratio')} / {cell(r, 'features_nn_ratio')}"}
+             for r in rows]
+    frac = rows[0]["copy_fraction"]
+    return ("\n## Memorisation\n\nEach sample's distance to its nearest training image against each held-out test "
+            "image's distance to its nearest training image, in pixels and in `" + extractor + "` features: the "
+            "fraction of samples closer to a training image than the closest test image is, the copy rate (nearest "
+            f"training image nearer than {frac:.2g} x the median test-to-train distance) and the median distance ratio "
+            "(1: samples as far from the training set as unseen digits are). Mean ± std over seeds; networks scored "
+            "before this was recorded are left out.\n\n" + markdown_table(table))
 
 
 def overlap_markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -129,6 +151,15 @@ def _matching_text(m: dict[str, Any], table: Sequence[dict[str, Any]]) -> str:
         return f"{m['sparsity']:.1%} (no recorded sparsity misses)"
     there = any(r["variant"] == m["variant"] and math.isclose(r["sparsity"], m["first_miss"], abs_tol=5e-4) for r in table)
     if not there:
+        mine = sorted((r for r in table if r["variant"] == m["variant"]), key=lambda r: r["sparsity"])
+        if mine and mine[0]["sparsity"] > m["first_miss"]:  # a control run only from a higher round on, by design
+            top = None
+            for r in mine:
+                if r["fid_mean"] > m["bound"]:
+                    break
+                top = r["sparsity"]
+            return (f"run from {mine[0]['sparsity']:.1%} on, " + (f"matches up to {top:.1%}" if top is not None else
+                                                                  f"misses already at {mine[0]['sparsity']:.1%}"))
         return f"{m['sparsity']:.1%} so far (not yet recorded at {m['first_miss']:.1%})"
     return f"{m['sparsity']:.1%} (first miss {m['first_miss']:.1%})"
 

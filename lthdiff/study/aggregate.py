@@ -19,7 +19,7 @@ from . import records as R
 from .arms import ARMS, mask_name, plan
 from .spec import RECORDED
 
-__all__ = ["loss_plateau", "converged", "convergence", "convergence_overall", "aggregate_records", "mask_overlap", "recorded_study", "to_registry",
+__all__ = ["loss_plateau", "converged", "convergence", "convergence_overall", "aggregate_records", "memorisation_table", "mask_overlap", "recorded_study", "to_registry",
            "longer_training", "structured_table"]
 
 CHAINS = ("continue", "late")  # the arms beside the ticket's IMP chain, one network per pruned round
@@ -123,8 +123,33 @@ def aggregate_records(study_dir: str | Path) -> dict[str, Any]:
     return {**extra, "settings": common, "seeds": [st["seed"] for d, st in zip(dirs, settings) if R.read_networks(d)],
             "rows": rows, **s, "convergence": conv, "convergence_overall": overall,
             "loss_at_init": init_rows, "kid_test_table": test, "mask_overlap": mask_overlap(study_dir),
+            "memorisation": memorisation_table(rows),
             "networks_recorded": progress,
             "networks_planned": expected, "complete": all(progress[k] >= expected[k] for k in expected)}
+
+
+def memorisation_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per sparsity and variant, the memorisation numbers the networks recorded
+    (:func:`lthdiff.evaluation.memorisation.memorisation`), mean ± std over seeds, in pixels and in the extractor's
+    features: the fraction of samples closer to a training image than the closest test image is, the copy rate
+    (nearest-training distance below ``copy_fraction`` x the median test-to-train distance) and the median
+    nearest-training distance of samples over that of test images (1: as novel as unseen images).  Networks
+    scored before memorisation was recorded are left out."""
+    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for x in rows:
+        if x.get("memorisation"):
+            key = (round(x["sparsity"], 4), "dense" if x["round"] == 0 and x["variant"] == "ticket" else x["variant"])
+            groups.setdefault(key, []).append(x["memorisation"])
+    out = []
+    for (sp, variant), ms in sorted(groups.items()):
+        row: dict[str, Any] = {"sparsity": sp, "variant": variant, "seeds": len(ms), "copy_fraction": ms[0]["copy_fraction"]}
+        for space in ("pixels", "features"):
+            for k in ("closer_than_test", "copy_rate", "nn_ratio"):
+                v = [m[space][k] for m in ms if m.get(space)]
+                row[f"{space}_{k}_mean"] = statistics.mean(v) if v else None
+                row[f"{space}_{k}_std"] = statistics.stdev(v) if len(v) > 1 else 0.0 if v else None
+        out.append(row)
+    return out
 
 
 def mask_overlap(study_dir: str | Path) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ import os
 import json
 import math
 import shutil
+import statistics
 
 import pytest
 import torch
@@ -172,3 +173,32 @@ def test_the_moved_recorded_study_aggregates_to_its_committed_page():
     committed = json.loads((d / f"{d.name}.json").read_text())
     assert committed["matching"] == json.loads(json.dumps(agg["matching"]))
     assert committed["table"] == json.loads(json.dumps(agg["table"]))
+
+
+def test_a_control_run_only_from_a_later_round_is_described_from_its_own_networks():
+    """control_rounds = [3, ...]: random reinit has no network at 50 %, by design; the text says where it was run
+    and whether it matched there, not "0 % so far"."""
+    table = [{"variant": "random_reinit", "sparsity": s, "fid_mean": f} for s, f in ((0.875, 0.38), (0.9375, 0.5))]
+    m = {"variant": "random_reinit", "sparsity": 0.0, "first_miss": 0.5, "bound": 0.393}
+    assert RS._matching_text(m, table) == "run from 87.5% on, matches up to 87.5%"
+    table[0]["fid_mean"] = 0.62
+    assert RS._matching_text(m, table) == "run from 87.5% on, misses already at 87.5%"
+    assert RS._matching_text(m, []) == "0.0% so far (not yet recorded at 50.0%)"
+
+
+def test_memorisation_is_averaged_per_sparsity_and_variant_and_shown_dense_beside_tickets():
+    mem = lambda c, r: {"copy_fraction": 1 / 3, "pixels": {"closer_than_test": c, "copy_rate": c / 2, "nn_ratio": r},  # noqa
+                        "features": {"closer_than_test": 2 * c, "copy_rate": c, "nn_ratio": r + 0.1}}
+    rows = [{"round": 0, "variant": "ticket", "sparsity": 0.0, "memorisation": mem(0.1, 1.0)},
+            {"round": 0, "variant": "ticket", "sparsity": 0.0, "memorisation": mem(0.3, 1.2)},
+            {"round": 1, "variant": "ticket", "sparsity": 0.5, "memorisation": mem(0.0, 1.5)},
+            {"round": 1, "variant": "ticket", "sparsity": 0.5}]  # scored before memorisation was recorded
+    t = {(r["sparsity"], r["variant"]): r for r in A.memorisation_table(rows)}
+    assert set(t) == {(0.0, "dense"), (0.5, "ticket")} and t[(0.5, "ticket")]["seeds"] == 1
+    d = t[(0.0, "dense")]
+    assert d["pixels_closer_than_test_mean"] == pytest.approx(0.2)
+    assert d["pixels_closer_than_test_std"] == pytest.approx(statistics.stdev([0.1, 0.3]))
+    assert d["features_closer_than_test_mean"] == pytest.approx(0.4) and d["features_nn_ratio_mean"] == pytest.approx(1.2)
+    md = RS.memorisation_markdown(A.memorisation_table(rows), "lthdiff-digits")
+    assert "| 0.0% | dense | 2 | 0.2 ± 0.1 / 0.4 ± 0.3 |" in md and "`lthdiff-digits` features" in md
+    assert RS.memorisation_markdown([], "x") == ""
