@@ -310,7 +310,8 @@ def structured_answer(rows: Sequence[dict[str, Any]], serving: dict[str, Any] | 
                 conv = (f"; T -> 1.5 T FID change {o['delta_mean']:+.3f} ± {o['delta_std']:.3f} over {o['seeds']} seeds, "
                         f"{'converged' if o['converged'] else 'not converged'} on average") if o else \
                     "; convergence check not recorded yet"
-            lines.append(f"  - {name}: FID {_fmt(r['ratio_to_dense_mean'])}x dense ({r['seeds']} seeds), "
+            lines.append(f"  - {name}: FID {_fmt(r['ratio_to_dense_mean'])}x dense ({r['seeds']} seed"
+                         f"{'s' * (r['seeds'] != 1)}), "
                          f"{'matches' if r['matches_dense'] else 'misses'} dense{conv}")
             b1 = dict(speed).get(1)
             if r["matches_dense"] and red >= 0.5 and b1 and 1 / b1["speedup"] <= 0.6:

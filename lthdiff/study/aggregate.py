@@ -329,8 +329,8 @@ def structured_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             groups.setdefault((arm.reduction, arm.importance, arm.kind), {})[x["seed"]] = x
     checks = {k: groups.pop(k) for k in [k for k in groups if k[2] in STRUCTURED_CHECKS]}
     out = []
-    for (red, imp, kind), by_seed in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "",
-                                                                             STRUCTURED_KINDS.index(kv[0][2]))):
+    for (red, imp, kind), by_seed in sorted(groups.items(), key=lambda kv: (kv[0][0], STRUCTURED_KINDS.index(kv[0][2]),
+                                                                             kv[0][1] or "")):
         fids = [x["fid"] for x in by_seed.values()]
         ratios = {s: x["fid"] / dense[s] for s, x in by_seed.items() if s in dense}
         row = {"reduction": red, "importance": imp, "kind": kind, "seeds": len(fids), "fid_mean": statistics.mean(fids),

@@ -88,7 +88,7 @@ def test_cli_writes_the_figure_and_the_readme_block_and_refuses_a_study_without_
     rec = tmp_path / "rec"
     for s in DENSE:
         shutil.copytree(RECORDED / "quality_digits_converged" / f"seed_{s}", rec / f"seed_{s}",
-                        ignore=shutil.ignore_patterns("*.safetensors", "mask_*"))
+                        ignore=shutil.ignore_patterns("*.safetensors", "mask_*", "r00_structured_*"))
     readme = tmp_path / "README.md"
     readme.write_text("top\n<!-- structured -->\nold\n<!-- /structured -->\nbottom\n")
     assert main(["study", "structured", str(rec), "--out", str(tmp_path / "f.png"), "--readme", str(readme)]) == 2
