@@ -277,39 +277,34 @@ _ARM_STYLE = {"ticket": ("C0", "o"), "scratch": ("C1", "^"), "finetune": ("C2", 
 
 def structured_study(agg: Mapping[str, Any], *, title: str | None = None):
     """The structured arms of a study (``agg``: :func:`lthdiff.study.aggregate_records` with a ``structured``
-    table): FID / dense (mean ± std of the per-seed ratios) against the MAC reduction reached, one marker an arm
-    (ticket, Frankle & Carbin 2019; scratch, Liu et al. 2019; fine-tune, Diff-Pruning, Fang et al. 2023), filled
-    for magnitude importance and open for Taylor; the grey band is dense mean ± 1 std divided by dense's mean,
-    so a marker inside it matches dense."""
-    import statistics
-
+    table): each arm's mean FID over seeds / dense's mean FID (error bars: its std / dense's mean) against the MAC
+    reduction reached, one marker an arm (ticket, Frankle & Carbin 2019; scratch, Liu et al. 2019; fine-tune,
+    Diff-Pruning, Fang et al. 2023), filled for magnitude importance and open for Taylor.  The grey band is dense
+    mean ± 1 std in the same units, so a marker at or below its top matches dense (the study's rule)."""
     rows = agg.get("structured") or []
     if not rows:
         raise ValueError("structured_study needs a study aggregate with structured networks recorded (its "
                          "'structured' table is empty or missing)")
     dense = next(r for r in agg["table"] if r["variant"] == "dense")
     fig, ax = _axes(None, (6.4, 3.8))
-    band = dense["fid_std"] / dense["fid_mean"]
+    band, mean = dense["fid_std"] / dense["fid_mean"], dense["fid_mean"]
     ax.axhspan(1 - band, 1 + band, color="gray", alpha=0.2, label=f"dense ± 1 std ({dense['seeds']} seeds)")
     ax.axhline(1, color="gray", lw=1)
     kinds = sorted({(r["kind"], r["importance"]) for r in rows}, key=lambda k: (list(_ARM_STYLE).index(k[0]), k[1] or ""))
     reached = sorted({round(100 * (1 - r["macs_ratio"])) for r in rows if r.get("macs_ratio")})
     for i, (kind, imp) in enumerate(kinds):
         color, marker = _ARM_STYLE[kind]
-        pts = [r for r in rows if (r["kind"], r["importance"]) == (kind, imp) and r["ratio_to_dense_mean"] is not None]
+        pts = [r for r in rows if (r["kind"], r["importance"]) == (kind, imp)]
         off = (i - (len(kinds) - 1) / 2) * 1.2  # side by side at each level, not on top of each other
-        xs = [100 * (1 - r["macs_ratio"]) + off for r in pts]
-        ys = [r["ratio_to_dense_mean"] for r in pts]
-        es = [statistics.stdev(r["ratio_to_dense_per_seed"].values()) if len(r["ratio_to_dense_per_seed"]) > 1 else 0
-              for r in pts]
-        seeds = max((r["seeds"] for r in pts), default=0)
-        ax.errorbar(xs, ys, yerr=es, ls="none", marker=marker, ms=7, capsize=3, color=color,
+        seeds = max(r["seeds"] for r in pts)
+        ax.errorbar([100 * (1 - r["macs_ratio"]) + off for r in pts], [r["fid_mean"] / mean for r in pts],
+                    yerr=[r["fid_std"] / mean for r in pts], ls="none", marker=marker, ms=7, capsize=3, color=color,
                     mfc=color if imp in (None, "magnitude") else "white",
-                    label=f"{kind}" + (f" ({imp})" if imp else "") + f", {seeds} seeds")
+                    label=f"{kind}" + (f" ({imp})" if imp else "") + f", {seeds} seed{'s' * (seeds != 1)}")
     ax.set_xticks(reached, [f"{v}%" for v in reached])
     ax.set_xlim(min(reached) - 8, max(reached) + 8)
     ax.set_xlabel("MACs removed (reached)")
-    ax.set_ylabel("FID / dense FID (per seed, mean ± std)")
+    ax.set_ylabel("mean FID / dense mean FID")
     ax.set_title(title or "Structured tickets vs scratch vs fine-tune, each trained T steps")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     ax.grid(alpha=0.3, axis="y")

@@ -75,6 +75,15 @@ def test_the_figure_draws_one_marker_set_an_arm_inside_the_dense_band(tmp_path):
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[1:] == ["ticket (magnitude), 3 seeds", "scratch, 3 seeds", "finetune (magnitude), 3 seeds"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["50%", "74%"]
+    # a marker is the arm's mean FID over dense's mean FID: at or below the band's top exactly when it matches
+    bound = (statistics.mean(dense) + statistics.stdev(dense)) / statistics.mean(dense)
+    ys = {c.get_label(): c.lines[0].get_ydata() for c in ax.containers}
+    assert len(ys) == 3 and all(len(v) == 2 for v in ys.values())
+    for r in table:
+        y = statistics.mean(FID[next(v for v in FID if v.startswith(f"structured_{r['kind']}_{round(100 * r['reduction'])}")
+                                 )]) / statistics.mean(dense)
+        assert any(abs(y - v) < 1e-9 for vs in ys.values() for v in vs)
+        assert (y <= bound + 1e-12) == r["matches_dense"]
     band = ax.patches[0].get_window_extent()  # the dense band, in display units -> data units below
     lo, hi = sorted(ax.transData.inverted().transform([[0, band.y0], [0, band.y1]])[:, 1])
     cv = statistics.stdev(dense) / statistics.mean(dense)
