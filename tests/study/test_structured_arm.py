@@ -61,7 +61,12 @@ def test_structured_arms_start_where_their_definitions_say_and_aggregate(tmp_pat
     redo = variant_class("structured_half_50_magnitude", 0).job(
         SeedContext(spec.config, spec.settings, 1, rec, tmp_path / "redo" / "seed_1"), 0)
     assert redo.steps == 10 and _same(redo.start, arms.ticket)
-    again = train_network(redo, load_dataset("digits", image_size=16), progress=False, **ctx.train_kw)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(spec.config.study.threads)  # as the study's worker trains: another count rounds otherwise
+    try:
+        again = train_network(redo, load_dataset("digits", image_size=16), progress=False, **ctx.train_kw)
+    finally:
+        torch.set_num_threads(threads)
     assert _same(again.load_model(ema=True), load_model(snapshot_ema_dir(snap)))
     agg = A.aggregate_records(tmp_path / "rec" / "s")
     rows = {r["kind"]: r for r in agg["structured"]}
