@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .config import ConfigError, IMPConfig
 
@@ -201,19 +201,26 @@ def _study(args: argparse.Namespace) -> int:
 def _widths(args: argparse.Namespace) -> int:
     from lthdiff import study
     from lthdiff.reporting import plots
-    from lthdiff.reporting.study import update_readme, width_summary
+    from lthdiff.reporting.study import width_summary
 
     studies = study.width_studies(args.names or study.WIDTH_STUDIES)
     if not studies:
         raise ValueError(f"none of {args.names or list(study.WIDTH_STUDIES)} is recorded: nothing to plot")
-    fig = plots.matching_vs_width(studies, title="matching sparsity against width (recorded studies)")
+    return _figure_and_block(plots.matching_vs_width(studies, title="matching sparsity against width (recorded "
+                                                     "studies)"), width_summary(studies), args, tag="widths")
+
+
+def _figure_and_block(fig: Any, text: str, args: argparse.Namespace, tag: str) -> int:
+    """Save ``fig`` to ``args.out``, print ``text`` and put it between ``<!-- tag -->`` markers in ``args.readme``."""
+    from lthdiff.reporting import plots
+    from lthdiff.reporting.study import update_readme
+
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110, bbox_inches="tight")
     plots.close(fig)
-    text = width_summary(studies)
     print(text)
     if args.readme:
-        update_readme(args.readme, text, tag="widths")
+        update_readme(args.readme, text, tag=tag)
     print(f"[lthdiff] figure {args.out}")
     return 0
 
@@ -223,7 +230,7 @@ def _structured(args: argparse.Namespace) -> int:
 
     from lthdiff import study
     from lthdiff.reporting import plots
-    from lthdiff.reporting.study import structured_answer, update_readme
+    from lthdiff.reporting.study import structured_answer
 
     agg = study.recorded_study(args.name)
     if agg is None or not agg.get("structured"):
@@ -232,16 +239,8 @@ def _structured(args: argparse.Namespace) -> int:
     # the recorded benchmark is read as a file: the library does not import the benchmarks (tests/test_layers.py)
     serving = json.loads(Path(args.serving or Path(__file__).resolve().parent / "bench" / "results" / "serving.json")
                          .read_text())
-    fig = plots.structured_study(agg)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110, bbox_inches="tight")
-    plots.close(fig)
-    text = structured_answer(agg["structured"], serving)
-    print(text)
-    if args.readme:
-        update_readme(args.readme, text, tag="structured")
-    print(f"[lthdiff] figure {args.out}")
-    return 0
+    return _figure_and_block(plots.structured_study(agg), structured_answer(agg["structured"], serving), args,
+                             tag="structured")
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -306,10 +306,8 @@ def structured_answer(rows: Sequence[dict[str, Any]], serving: dict[str, Any] | 
             name = r["kind"] + (f" ({r['importance']})" if r["importance"] else "")
             conv = ""
             if r["kind"] == "ticket":
-                o = r.get("convergence_overall")
-                conv = (f"; T -> 1.5 T FID change {o['delta_mean']:+.3f} ± {o['delta_std']:.3f} over {o['seeds']} seeds, "
-                        f"{'converged' if o['converged'] else 'not converged'} on average") if o else \
-                    "; convergence check not recorded yet"
+                conv = (f"; T -> 1.5 T FID change {_check(r)}" if r.get("convergence_overall")
+                        else "; convergence check not recorded yet")
             lines.append(f"  - {name}: FID {_fmt(r['ratio_to_dense_mean'])}x dense ({r['seeds']} seed"
                          f"{'s' * (r['seeds'] != 1)}), "
                          f"{'matches' if r['matches_dense'] else 'misses'} dense{conv}")

@@ -19,7 +19,8 @@ from . import records as R
 from .arms import ARMS, mask_name, plan
 from .spec import RECORDED
 
-__all__ = ["loss_plateau", "converged", "convergence", "convergence_overall", "aggregate_records", "memorisation_table", "mask_overlap", "recorded_study", "to_registry",
+__all__ = ["loss_plateau", "converged", "convergence", "convergence_overall", "aggregate_records", "memorisation_table",
+           "mask_overlap", "recorded_study", "to_registry",
            "longer_training", "structured_table"]
 
 CHAINS = ("continue", "late")  # the arms beside the ticket's IMP chain, one network per pruned round
@@ -319,9 +320,8 @@ def structured_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     from .arms import STRUCTURED_CHECKS, STRUCTURED_KINDS, variant_class
 
     dense = {x["seed"]: x["fid"] for x in rows if x["round"] == 0 and x["variant"] == "ticket"}
-    bound = (statistics.mean(dense.values()) + (statistics.stdev(dense.values()) if len(dense) > 1 else 0.0)) \
-        if dense else None
     std = statistics.stdev(dense.values()) if len(dense) > 1 else 0.0
+    bound = statistics.mean(dense.values()) + std if dense else None
     groups: dict[tuple[float, str, str], dict[int, dict[str, Any]]] = {}
     for x in rows:
         if x["round"] == 0 and x["variant"].startswith("structured_"):
